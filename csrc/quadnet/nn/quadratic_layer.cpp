@@ -1,0 +1,137 @@
+#include "quadratic_layer.h"
+
+#include <torch/nn/init.h>
+#include <torch/types.h>
+
+#include <cmath>
+
+#include "../ops/quadratic_form.h"
+
+namespace quadnet {
+namespace nn {
+
+namespace init {
+namespace {
+void linear_weight_and_bias_(torch::Tensor& weight, torch::Tensor& bias) {
+  torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
+  if (bias.defined()) {
+    const double bound = 1.0 / std::sqrt(static_cast<double>(weight.size(1)));
+    torch::nn::init::uniform_(bias, -bound, bound);
+  }
+}
+}  // namespace
+
+void quadratic_layer_(torch::Tensor& weight, torch::Tensor& S, torch::Tensor& bias) {
+  torch::NoGradGuard no_grad;
+  linear_weight_and_bias_(weight, bias);
+  const double bound = 1.0 / static_cast<double>(S.size(-1));
+  S.uniform_(-bound, bound);
+  S.copy_((S + S.transpose(-1, -2)) * 0.5);
+}
+
+void diagonal_quadratic_layer_(torch::Tensor& weight, torch::Tensor& alpha, torch::Tensor& bias) {
+  torch::NoGradGuard no_grad;
+  linear_weight_and_bias_(weight, bias);
+  const double bound = 1.0 / static_cast<double>(alpha.size(-1));
+  alpha.uniform_(-bound, bound);
+}
+}  // namespace init
+
+namespace {
+void check_sizes(const char* module, int64_t in, int64_t out, int64_t rank) {
+  TORCH_CHECK(in > 0 && out > 0 && rank > 0, module,
+              ": in_features, out_features and rank must be positive, got in_features=", in,
+              ", out_features=", out, ", rank=", rank);
+}
+
+void print_sizes(std::ostream& stream, const char* module, int64_t in, int64_t out, int64_t rank,
+                 bool bias) {
+  stream << "quadnet::nn::" << module << "(in_features=" << in << ", out_features=" << out
+         << ", rank=" << rank << ", bias=" << (bias ? "true" : "false") << ")";
+}
+
+torch::Tensor register_bias(torch::nn::Module& module, bool enabled, int64_t out_features) {
+  if (enabled) return module.register_parameter("bias", torch::empty({out_features}));
+  return module.register_parameter("bias", torch::Tensor(), /*requires_grad=*/false);
+}
+
+torch::Tensor add_bias(torch::Tensor y, const torch::Tensor& bias) {
+  return bias.defined() ? y + bias : y;
+}
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// QuadraticLayer
+
+QuadraticLayerImpl::QuadraticLayerImpl(const QuadraticLayerOptions& options_) : options(options_) {
+  reset();
+}
+
+void QuadraticLayerImpl::reset() {
+  check_sizes("QuadraticLayer", options.in_features(), options.out_features(), options.rank());
+  weight = register_parameter("weight", torch::empty({options.rank(), options.in_features()}));
+  S = register_parameter("S", torch::empty({options.out_features(), options.rank(), options.rank()}));
+  bias = register_bias(*this, options.bias(), options.out_features());
+  reset_parameters();
+}
+
+void QuadraticLayerImpl::reset_parameters() { init::quadratic_layer_(weight, S, bias); }
+
+void QuadraticLayerImpl::pretty_print(std::ostream& stream) const {
+  print_sizes(stream, "QuadraticLayer", options.in_features(), options.out_features(),
+              options.rank(), options.bias());
+}
+
+torch::Tensor QuadraticLayerImpl::forward(const torch::Tensor& x) {
+  return add_bias(quadratic_form(x, weight, S), bias);
+}
+
+torch::Tensor QuadraticLayerImpl::canonical() const { return canonical_form(weight, S); }
+
+int64_t QuadraticLayerImpl::num_parameters() const {
+  const int64_t r = options.rank();
+  return r * options.in_features() + options.out_features() * r * (r + 1) / 2 +
+         (options.bias() ? options.out_features() : 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// DiagonalQuadraticLayer
+
+DiagonalQuadraticLayerImpl::DiagonalQuadraticLayerImpl(const DiagonalQuadraticLayerOptions& options_)
+    : options(options_) {
+  reset();
+}
+
+void DiagonalQuadraticLayerImpl::reset() {
+  check_sizes("DiagonalQuadraticLayer", options.in_features(), options.out_features(),
+              options.rank());
+  weight = register_parameter("weight", torch::empty({options.rank(), options.in_features()}));
+  alpha = register_parameter("alpha", torch::empty({options.out_features(), options.rank()}));
+  bias = register_bias(*this, options.bias(), options.out_features());
+  reset_parameters();
+}
+
+void DiagonalQuadraticLayerImpl::reset_parameters() {
+  init::diagonal_quadratic_layer_(weight, alpha, bias);
+}
+
+void DiagonalQuadraticLayerImpl::pretty_print(std::ostream& stream) const {
+  print_sizes(stream, "DiagonalQuadraticLayer", options.in_features(), options.out_features(),
+              options.rank(), options.bias());
+}
+
+torch::Tensor DiagonalQuadraticLayerImpl::forward(const torch::Tensor& x) {
+  return add_bias(diagonal_quadratic_form(x, weight, alpha), bias);
+}
+
+torch::Tensor DiagonalQuadraticLayerImpl::canonical() const {
+  return diagonal_canonical_form(weight, alpha);
+}
+
+int64_t DiagonalQuadraticLayerImpl::num_parameters() const {
+  return options.rank() * (options.in_features() + options.out_features()) +
+         (options.bias() ? options.out_features() : 0);
+}
+
+}  // namespace nn
+}  // namespace quadnet

@@ -1,0 +1,8 @@
+#pragma once
+// quadnet: quadratic layers, GLRAM projections and projection optimizers for LibTorch.
+// Link quadnet::quadnet (CMake: find_package(quadnet)); the ops are then also available
+// to TorchScript models as torch.ops.quadnet.*.
+
+#include "nn/quadratic_layer.h"
+#include "ops/quadratic_form.h"
+#include "serialize/state_dict.h"

@@ -1,0 +1,97 @@
+// quadnet_app: runs quadnet models in a LibTorch program.
+//
+//   quadnet_app script MODEL.pt INPUT.pt OUTPUT.pt
+//       Loads a TorchScript model saved from Python (torch.jit.script(model).save(...)),
+//       whose quadratic layers call torch.ops.quadnet.*, and runs it on INPUT's tensor.
+//   quadnet_app state-dict SPEC WEIGHTS.pt INPUT.pt OUTPUT.pt
+//       Builds a torch::nn::Sequential of quadnet C++ modules from SPEC, e.g.
+//       "quadratic:8:6:3,diagonal:6:4:2" (kind:in:out:rank, with bias), loads weights saved
+//       in Python by quadnet.save_state_dict(model, path) and runs it.
+//
+// INPUT.pt holds a tensor saved with torch.save; OUTPUT.pt is written for torch.load.
+#include <torch/script.h>
+#include <torch/torch.h>
+
+#include <quadnet/quadnet.h>
+
+#include <fstream>
+#include <iostream>
+#include <iterator>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+std::vector<char> read_bytes(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) throw std::runtime_error("cannot open " + path);
+  return {std::istreambuf_iterator<char>(file), std::istreambuf_iterator<char>()};
+}
+
+torch::Tensor load_tensor(const std::string& path) { return torch::pickle_load(read_bytes(path)).toTensor(); }
+
+void save_tensor(const torch::Tensor& t, const std::string& path) {
+  auto bytes = torch::pickle_save(t);
+  std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+std::vector<std::string> split(const std::string& text, char separator) {
+  std::vector<std::string> parts;
+  std::stringstream stream(text);
+  for (std::string part; std::getline(stream, part, separator);) parts.push_back(part);
+  return parts;
+}
+
+torch::nn::Sequential build_from_spec(const std::string& spec) {
+  torch::nn::Sequential model;
+  for (const auto& layer : split(spec, ',')) {
+    auto f = split(layer, ':');
+    if (f.size() != 4) throw std::runtime_error("bad layer spec '" + layer + "', want kind:in:out:rank");
+    const auto in = std::stoll(f[1]), out = std::stoll(f[2]), rank = std::stoll(f[3]);
+    if (f[0] == "quadratic") {
+      model->push_back(quadnet::nn::QuadraticLayer(in, out, rank));
+    } else if (f[0] == "diagonal") {
+      model->push_back(quadnet::nn::DiagonalQuadraticLayer(in, out, rank));
+    } else {
+      throw std::runtime_error("unknown layer kind '" + f[0] + "'");
+    }
+  }
+  return model;
+}
+
+int usage() {
+  std::cerr << "usage: quadnet_app script MODEL.pt INPUT.pt OUTPUT.pt\n"
+               "       quadnet_app state-dict SPEC WEIGHTS.pt INPUT.pt OUTPUT.pt\n";
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty()) return usage();
+  try {
+    torch::NoGradGuard no_grad;
+    if (args[0] == "script" && args.size() == 4) {
+      auto model = torch::jit::load(args[1]);
+      model.eval();
+      save_tensor(model.forward({load_tensor(args[2])}).toTensor(), args[3]);
+    } else if (args[0] == "state-dict" && args.size() == 5) {
+      auto model = build_from_spec(args[1]);
+      quadnet::serialize::load_state_dict(*model, args[2]);
+      auto x = load_tensor(args[3]);
+      model->to(x.scalar_type());
+      save_tensor(model->forward(x), args[4]);
+    } else {
+      return usage();
+    }
+  } catch (const c10::Error& e) {
+    std::cerr << "quadnet_app: " << e.what_without_backtrace() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "quadnet_app: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

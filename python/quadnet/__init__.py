@@ -1,0 +1,12 @@
+"""quadnet: quadratic layers, GLRAM projections and projection optimizers for PyTorch.
+
+Importing the package loads the C++ extension, which registers the ops as
+``torch.ops.quadnet.*`` (usable from TorchScript and from C++ apps linking quadnet).
+"""
+import torch  # noqa: F401  (the extension needs libtorch loaded first)
+
+from . import _C  # noqa: F401  (registers torch.ops.quadnet.*)
+from . import nn, ops, serialize
+from .serialize import load_state_dict, save_state_dict
+
+__all__ = ["nn", "ops", "serialize", "save_state_dict", "load_state_dict"]

@@ -1,0 +1,153 @@
+"""Quadratic layers: the symmetric-S model and the older diagonal model (DESIGN §1)."""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import _C
+
+__all__ = ["QuadraticLayer", "DiagonalQuadraticLayer"]
+
+
+class QuadraticLayer(torch.nn.Module):
+    r"""Quadratic layer ``y_i = (W x)^T S_i (W x) + b_i`` with symmetric ``S_i``.
+
+    A fully connected layer to ``rank`` hidden units followed by a "vector activation":
+    one quadratic form of the hidden vector per output. Its canonical form is
+    ``y_i = x^T A_i x + b_i`` with ``A_i = W^T S_i W`` (see :meth:`canonical`).
+
+    Args:
+        in_features: size ``d`` of each input sample.
+        out_features: number of outputs ``n``.
+        rank: number of hidden units ``r`` (the rank of every ``A_i``).
+        bias: if ``False``, the layer has no additive bias.
+
+    Shape:
+        - Input: ``(*, in_features)``.
+        - Output: ``(*, out_features)``.
+
+    Attributes:
+        weight: ``(rank, in_features)``, initialised like ``nn.Linear.weight``.
+        S: ``(out_features, rank, rank)``, symmetric at init (only its symmetric part is used).
+        bias: ``(out_features)`` or ``None``.
+
+    Example::
+
+        >>> model = torch.nn.Sequential(quadnet.nn.QuadraticLayer(784, 10, rank=25))
+        >>> model(torch.randn(128, 784)).shape
+        torch.Size([128, 10])
+    """
+
+    __constants__ = ["in_features", "out_features", "rank"]
+    in_features: int
+    out_features: int
+    rank: int
+    bias: Optional[Tensor]
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        if min(in_features, out_features, rank) <= 0:
+            raise ValueError("QuadraticLayer: in_features, out_features and rank must be positive, "
+                             f"got in_features={in_features}, out_features={out_features}, rank={rank}")
+        factory = {"device": device, "dtype": dtype}
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.weight = torch.nn.Parameter(torch.empty(rank, in_features, **factory))
+        self.S = torch.nn.Parameter(torch.empty(out_features, rank, rank, **factory))
+        if bias:
+            self.bias = torch.nn.Parameter(torch.empty(out_features, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The C++ modules' initialisation (``quadnet::nn::init::quadratic_layer_``)."""
+        _C.nn.init_quadratic_layer_(self.weight, self.S, self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.ops.quadnet.quadratic_form(x, self.weight, self.S)
+        bias = self.bias  # a local, so TorchScript can refine Optional[Tensor]
+        if bias is not None:
+            y = y + bias
+        return y
+
+    def canonical(self) -> Tensor:
+        """Canonical matrices ``A_i = W^T sym(S_i) W``, shape ``(out_features, in_features, in_features)``."""
+        return torch.ops.quadnet.canonical_form(self.weight, self.S)
+
+    def num_parameters(self) -> int:
+        """Free parameters, each symmetric ``S_i`` counted once: ``r·d + n·r(r+1)/2 (+ n)``."""
+        r = self.rank
+        return (r * self.in_features + self.out_features * r * (r + 1) // 2
+                + (self.out_features if self.bias is not None else 0))
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"rank={self.rank}, bias={self.bias is not None}")
+
+
+class DiagonalQuadraticLayer(torch.nn.Module):
+    r"""The older squared-activation model ``y = alpha (W x)^{∘2} + b``.
+
+    ``y_i = Σ_j alpha_ij (w_j · x)^2 + b_i``: a linear layer, a square, and a linear read-out.
+    Its canonical matrices are ``A_i = W^T diag(alpha_i) W``.
+
+    Args:
+        in_features, out_features, rank, bias: as in :class:`QuadraticLayer`.
+
+    Shape:
+        - Input: ``(*, in_features)``.
+        - Output: ``(*, out_features)``.
+
+    Attributes:
+        weight: ``(rank, in_features)``.
+        alpha: ``(out_features, rank)``.
+        bias: ``(out_features)`` or ``None``.
+    """
+
+    __constants__ = ["in_features", "out_features", "rank"]
+    in_features: int
+    out_features: int
+    rank: int
+    bias: Optional[Tensor]
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
+                 device=None, dtype=None) -> None:
+        super().__init__()
+        if min(in_features, out_features, rank) <= 0:
+            raise ValueError("DiagonalQuadraticLayer: in_features, out_features and rank must be "
+                             f"positive, got in_features={in_features}, out_features={out_features}, "
+                             f"rank={rank}")
+        factory = {"device": device, "dtype": dtype}
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.weight = torch.nn.Parameter(torch.empty(rank, in_features, **factory))
+        self.alpha = torch.nn.Parameter(torch.empty(out_features, rank, **factory))
+        if bias:
+            self.bias = torch.nn.Parameter(torch.empty(out_features, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The C++ modules' initialisation (``quadnet::nn::init::diagonal_quadratic_layer_``)."""
+        _C.nn.init_diagonal_quadratic_layer_(self.weight, self.alpha, self.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.ops.quadnet.diagonal_quadratic_form(x, self.weight, self.alpha)
+        bias = self.bias  # a local, so TorchScript can refine Optional[Tensor]
+        if bias is not None:
+            y = y + bias
+        return y
+
+    def canonical(self) -> Tensor:
+        """Canonical matrices ``A_i = W^T diag(alpha_i) W``, shape ``(out_features, in_features, in_features)``."""
+        return torch.ops.quadnet.diagonal_canonical_form(self.weight, self.alpha)
+
+    def num_parameters(self) -> int:
+        """Free parameters: ``r·(d + n) (+ n)``."""
+        return (self.rank * (self.in_features + self.out_features)
+                + (self.out_features if self.bias is not None else 0))
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"rank={self.rank}, bias={self.bias is not None}")

@@ -1,0 +1,73 @@
+"""QuadraticLayer / DiagonalQuadraticLayer as torch.nn modules."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import quadnet
+from quadnet.nn import DiagonalQuadraticLayer, QuadraticLayer
+
+
+def test_parameters_and_init():
+    layer = QuadraticLayer(6, 4, rank=3)
+    assert dict((k, tuple(v.shape)) for k, v in layer.named_parameters()) == {
+        "weight": (3, 6), "S": (4, 3, 3), "bias": (4,)}
+    torch.testing.assert_close(layer.S, layer.S.transpose(1, 2), rtol=0, atol=0)
+    assert layer.num_parameters() == 3 * 6 + 4 * 3 * 4 // 2 + 4
+    assert QuadraticLayer(6, 4, rank=3, bias=False).num_parameters() == 3 * 6 + 4 * 6
+    assert QuadraticLayer(6, 4, rank=3, bias=False).bias is None
+    assert repr(layer) == "QuadraticLayer(in_features=6, out_features=4, rank=3, bias=True)"
+    before = layer.weight.detach().clone()
+    layer.reset_parameters()
+    assert not torch.equal(before, layer.weight)
+
+
+def test_forward_matches_canonical_bilinear():
+    layer = QuadraticLayer(7, 3, rank=2).double()
+    x = torch.randn(2, 5, 7, dtype=torch.float64)
+    A = layer.canonical()
+    assert A.shape == (3, 7, 7)
+    torch.testing.assert_close(layer(x), F.bilinear(x, x, A, layer.bias))
+    # rank ≤ r
+    assert int(torch.linalg.matrix_rank(A[0])) <= 2
+
+
+def test_diagonal_layer():
+    layer = DiagonalQuadraticLayer(5, 2, rank=4).double()
+    x = torch.randn(9, 5, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), F.bilinear(x, x, layer.canonical(), layer.bias))
+    assert layer.num_parameters() == 4 * (5 + 2) + 2
+    assert [k for k, _ in layer.named_parameters()] == ["weight", "alpha", "bias"]
+
+
+def test_sequential_state_dict_dtype_and_script():
+    model = torch.nn.Sequential(QuadraticLayer(8, 6, 3), QuadraticLayer(6, 4, 2, bias=False),
+                                DiagonalQuadraticLayer(4, 2, 3))
+    x = torch.randn(10, 8)
+    y = model(x)
+    clone = torch.nn.Sequential(QuadraticLayer(8, 6, 3), QuadraticLayer(6, 4, 2, bias=False),
+                                DiagonalQuadraticLayer(4, 2, 3))
+    clone.load_state_dict(model.state_dict())
+    torch.testing.assert_close(clone(x), y, rtol=0, atol=0)
+    scripted = torch.jit.script(model)
+    torch.testing.assert_close(scripted(x), y, rtol=0, atol=0)
+    model64 = model.to(torch.float64)
+    assert all(p.dtype == torch.float64 for p in model64.parameters())
+    torch.testing.assert_close(model64(x.double()).float(), y, rtol=1e-4, atol=1e-4)
+
+
+def test_training_step_updates_all_parameters():
+    layer = QuadraticLayer(5, 3, rank=2)
+    before = {k: v.detach().clone() for k, v in layer.named_parameters()}
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    loss = F.cross_entropy(layer(torch.randn(16, 5)), torch.randint(0, 3, (16,)))
+    loss.backward()
+    opt.step()
+    for name, p in layer.named_parameters():
+        assert not torch.equal(before[name], p), name
+    torch.testing.assert_close(layer.S, layer.S.transpose(1, 2))  # symmetric gradient keeps S symmetric
+
+
+@pytest.mark.parametrize("cls", [QuadraticLayer, DiagonalQuadraticLayer])
+def test_invalid_sizes(cls):
+    with pytest.raises(ValueError, match="rank must be positive"):
+        cls(4, 3, 0)
