@@ -5,8 +5,40 @@
 
 #include "quadnet/quadnet.h"
 
+namespace {
+
+quadnet::linalg::GLRAMOptions glram_options(double tol, int64_t max_iter) {
+  return quadnet::linalg::GLRAMOptions().tol(tol).max_iter(max_iter);
+}
+
+}  // namespace
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "quadnet C++ core";
+
+  auto linalg = m.def_submodule("linalg", "GLRAM projections");
+  using quadnet::linalg::GLRAMResult;
+  py::class_<GLRAMResult>(linalg, "GLRAMResult")
+      .def_readonly("weight", &GLRAMResult::weight)
+      .def_readonly("S", &GLRAMResult::S)
+      .def_readonly("objective", &GLRAMResult::objective)
+      .def_readonly("iterations", &GLRAMResult::iterations)
+      .def_readonly("converged", &GLRAMResult::converged);
+  linalg.def("glram",
+             [](const torch::Tensor& A, int64_t rank, double tol, int64_t max_iter,
+                c10::optional<torch::Tensor> init) {
+               return quadnet::linalg::glram(A, rank, glram_options(tol, max_iter).init(init.value_or(torch::Tensor())));
+             },
+             py::arg("A"), py::arg("rank"), py::arg("tol"), py::arg("max_iter"), py::arg("init"),
+             py::call_guard<py::gil_scoped_release>());
+  linalg.def("projected_step",
+             [](const torch::Tensor& weight, const torch::Tensor& S, const torch::Tensor& X,
+                const torch::Tensor& G, double lr, double tol, int64_t max_iter) {
+               return quadnet::linalg::projected_step(weight, S, X, G, lr, glram_options(tol, max_iter));
+             },
+             py::arg("weight"), py::arg("S"), py::arg("X"), py::arg("G"), py::arg("lr"), py::arg("tol"),
+             py::arg("max_iter"), py::call_guard<py::gil_scoped_release>());
+
   auto nn = m.def_submodule("nn", "module helpers");
   nn.def("init_quadratic_layer_",
          [](torch::Tensor weight, torch::Tensor S, c10::optional<torch::Tensor> bias) {

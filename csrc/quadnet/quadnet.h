@@ -3,6 +3,8 @@
 // Link quadnet::quadnet (CMake: find_package(quadnet)); the ops are then also available
 // to TorchScript models as torch.ops.quadnet.*.
 
+#include "linalg/glram.h"
 #include "nn/quadratic_layer.h"
 #include "ops/quadratic_form.h"
+#include "optim/glram_sgd.h"
 #include "serialize/state_dict.h"

@@ -2,7 +2,8 @@
 from torch import Tensor
 import torch
 
-__all__ = ["quadratic_form", "diagonal_quadratic_form", "canonical_form", "diagonal_canonical_form"]
+__all__ = ["quadratic_form", "diagonal_quadratic_form", "canonical_form", "diagonal_canonical_form",
+           "canonical_gradient"]
 
 
 def quadratic_form(x: Tensor, weight: Tensor, S: Tensor) -> Tensor:
@@ -27,3 +28,8 @@ def canonical_form(weight: Tensor, S: Tensor) -> Tensor:
 def diagonal_canonical_form(weight: Tensor, alpha: Tensor) -> Tensor:
     r"""``A_i = weight^T diag(alpha_i) weight``: ``(r, d)``, ``(n, r)`` -> ``(n, d, d)``."""
     return torch.ops.quadnet.diagonal_canonical_form(weight, alpha)
+
+
+def canonical_gradient(X: Tensor, G: Tensor) -> Tensor:
+    r"""``∂ℓ/∂A_i = X^T diag(G[:, i]) X``: ``X (B, d)``, ``G (B, n)`` -> ``(n, d, d)``."""
+    return torch.ops.quadnet.canonical_gradient(X, G)

@@ -83,7 +83,30 @@ void QuadraticLayerImpl::pretty_print(std::ostream& stream) const {
 }
 
 torch::Tensor QuadraticLayerImpl::forward(const torch::Tensor& x) {
-  return add_bias(quadratic_form(x, weight, S), bias);
+  auto y = quadratic_form(x, weight, S);
+  if (capture_ && is_training() && y.requires_grad()) {
+    auto slot = std::make_shared<torch::Tensor>();
+    y.register_hook([slot](const torch::Tensor& grad) { *slot = slot->defined() ? *slot + grad : grad; });
+    captures_.push_back({x.detach().reshape({-1, x.size(-1)}), slot});
+  }
+  return add_bias(y, bias);
+}
+
+void QuadraticLayerImpl::set_capture(bool enabled) {
+  capture_ = enabled;
+  if (!enabled) captures_.clear();
+}
+
+std::pair<torch::Tensor, torch::Tensor> QuadraticLayerImpl::take_captured() {
+  std::vector<torch::Tensor> xs, gs;
+  for (const auto& c : captures_) {
+    if (!c.grad->defined()) continue;  // this forward's output never got a gradient
+    xs.push_back(c.x);
+    gs.push_back(c.grad->reshape({-1, options.out_features()}));
+  }
+  captures_.clear();
+  if (xs.empty()) return {};
+  return {torch::cat(xs), torch::cat(gs)};
 }
 
 torch::Tensor QuadraticLayerImpl::canonical() const { return canonical_form(weight, S); }

@@ -6,7 +6,10 @@
 #include <torch/nn/cloneable.h>
 #include <torch/nn/pimpl.h>
 
+#include <memory>
 #include <ostream>
+#include <utility>
+#include <vector>
 
 namespace quadnet {
 namespace nn {
@@ -39,8 +42,25 @@ class QuadraticLayerImpl : public torch::nn::Cloneable<QuadraticLayerImpl> {
   // Free parameters: rank·in + out·rank(rank+1)/2 (+ out for the bias); S_i counted once.
   int64_t num_parameters() const;
 
+  // Projection optimizers (quadnet::optim::GLRAMSGD) need each training forward's input X
+  // and the gradient G = ∂ℓ/∂y that reaches its output. When capture is on, forward records
+  // both (X when it runs, G when backward reaches it); take_captured() returns the pairs whose
+  // G arrived, flattened to X (B, in_features), G (B, out_features), and forgets all of them.
+  // Undefined tensors when none arrived.
+  void set_capture(bool enabled);
+  bool capture() const { return capture_; }
+  std::pair<torch::Tensor, torch::Tensor> take_captured();
+
   QuadraticLayerOptions options;
   torch::Tensor weight, S, bias;
+
+ private:
+  struct Capture {
+    torch::Tensor x;
+    std::shared_ptr<torch::Tensor> grad;
+  };
+  bool capture_ = false;
+  std::vector<Capture> captures_;
 };
 TORCH_MODULE(QuadraticLayer);
 

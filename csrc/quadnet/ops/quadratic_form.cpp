@@ -64,18 +64,6 @@ at::Tensor contract_outputs(const QuadraticPieces& p) {
   return at::bmm(p.Z, p.H.unsqueeze(2)).squeeze(2);
 }
 
-// dS_i = Σ_b G[b,i] h_b h_b^T, without a B×n×r×r temporary: pick the smaller of the
-// B×r×r outer products and the B×n×r weighted copies of H.
-at::Tensor weighted_gram(const at::Tensor& G, const at::Tensor& H) {
-  const auto B = H.size(0), r = H.size(1), n = G.size(1);
-  if (r <= n) {
-    auto outer = (H.unsqueeze(2) * H.unsqueeze(1)).view({B, r * r});
-    return at::mm(G.t(), outer).view({n, r, r});
-  }
-  auto weighted = G.t().unsqueeze(2) * H.unsqueeze(0);     // n×B×r
-  return at::bmm(weighted.transpose(1, 2), H.expand({n, B, r}));  // n×r×r
-}
-
 class QuadraticFormFunction : public torch::autograd::Function<QuadraticFormFunction> {
  public:
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x2d, const at::Tensor& weight,
@@ -98,7 +86,7 @@ class QuadraticFormFunction : public torch::autograd::Function<QuadraticFormFunc
     at::Tensor dx, dweight, dS;
     if (ctx->needs_input_grad(0)) dx = at::mm(dH, weight);
     if (ctx->needs_input_grad(1)) dweight = at::mm(dH.t(), x2d);
-    if (ctx->needs_input_grad(2)) dS = weighted_gram(G, pieces.H);  // symmetric: d sym(S)/dS is identity on it
+    if (ctx->needs_input_grad(2)) dS = canonical_gradient(pieces.H, G);  // symmetric: d sym(S)/dS is identity on it
     return {dx, dweight, dS};
   }
 };
@@ -123,6 +111,21 @@ at::Tensor diagonal_quadratic_form(const at::Tensor& x, const at::Tensor& weight
   check_quadratic_args(x, weight, alpha, "diagonal_quadratic_form", "alpha", 2);
   // Plain ATen composition: autograd (and double backward) come for free.
   return at::matmul(at::matmul(x, weight.t()).square(), alpha.t());
+}
+
+at::Tensor canonical_gradient(const at::Tensor& X, const at::Tensor& G) {
+  TORCH_CHECK(X.dim() == 2, "canonical_gradient: expected X of shape (batch, features), got shape ", X.sizes());
+  TORCH_CHECK(G.dim() == 2 && G.size(0) == X.size(0), "canonical_gradient: expected G of shape (batch=",
+              X.size(0), ", out_features), got shape ", G.sizes());
+  utils::check_same_floating("canonical_gradient", {{"X", X}, {"G", G}});
+  const auto B = X.size(0), d = X.size(1), n = G.size(1);
+  // Pick the smaller temporary: B×d×d outer products or B×n×d weighted copies of X.
+  if (d <= n) {
+    auto outer = (X.unsqueeze(2) * X.unsqueeze(1)).reshape({B, d * d});
+    return at::mm(G.t(), outer).view({n, d, d});
+  }
+  auto weighted = G.t().unsqueeze(2) * X.unsqueeze(0);               // n×B×d
+  return at::bmm(weighted.transpose(1, 2), X.expand({n, B, d}));  // n×d×d
 }
 
 at::Tensor canonical_form(const at::Tensor& weight, const at::Tensor& S) {

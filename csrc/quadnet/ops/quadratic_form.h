@@ -20,6 +20,11 @@ at::Tensor quadratic_form(const at::Tensor& x, const at::Tensor& weight, const a
 at::Tensor diagonal_quadratic_form(const at::Tensor& x, const at::Tensor& weight,
                                    const at::Tensor& alpha);
 
+// Canonical gradient of a quadratic layer: X (B, d), G = ∂ℓ/∂y (B, n)  ->  (n, d, d) with
+// entry i = X^T diag(G[:, i]) X = Σ_b G[b, i] x_b x_b^T (the gradient of ℓ w.r.t. A_i).
+// Never forms a B×n×d×d tensor. Also the S-gradient of quadratic_form (with X = H).
+at::Tensor canonical_gradient(const at::Tensor& X, const at::Tensor& G);
+
 // Canonical matrices of the symmetric model: weight (r, d), S (n, r, r) -> A (n, d, d),
 // A_i = W^T sym(S_i) W. Registered as torch.ops.quadnet.canonical_form.
 at::Tensor canonical_form(const at::Tensor& weight, const at::Tensor& S);

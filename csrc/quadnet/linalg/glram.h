@@ -1,0 +1,51 @@
+#pragma once
+// GLRAM: projection of canonical matrices back onto the quadratic model (DESIGN §3–§4).
+
+#include <ATen/core/Tensor.h>
+#include <torch/arg.h>
+
+#include <cstdint>
+
+namespace quadnet {
+namespace linalg {
+
+struct GLRAMOptions {
+  // Stop when one iteration lowers the error by less than tol · Σ_i ||A_i||_F^2.
+  TORCH_ARG(double, tol) = 1e-6;
+  // Most alternating iterations after the initial subspace.
+  TORCH_ARG(int64_t, max_iter) = 100;
+  // Warm start: a (rank, d) weight whose row space starts the iteration (orthonormalised
+  // internally). Undefined, or numerically rank deficient: the classic start, the top-rank
+  // eigenvectors of Σ_i A_i A_i.
+  TORCH_ARG(at::Tensor, init);
+};
+
+struct GLRAMResult {
+  at::Tensor weight;     // (rank, d), orthonormal rows, dtype of the input
+  at::Tensor S;          // (n, rank, rank), symmetric, S_i = W A_i W^T
+  at::Tensor objective;  // float64 (iterations + 1): Σ_i ||A_i - W^T S_i W||_F^2 after the
+                         // initial subspace and after every iteration; never increases
+  int64_t iterations = 0;
+  bool converged = false;  // tol reached (always true for the exact n = 1 solution)
+};
+
+// Finds W (rank × d, orthonormal rows) and symmetric S_i minimising Σ_i ||A_i − W^T S_i W||_F^2
+// for symmetric A (n, d, d). n = 1 is solved exactly: the rank eigenvectors of A with the
+// largest |λ|, S = diag(λ). For n > 1, alternating maximisation of Σ_i ||W A_i W^T||_F^2:
+// W_t^T = top eigenvectors of Σ_i A_i W_{t-1}^T W_{t-1} A_i. If such a step would raise the
+// error (possible for indefinite A_i), the step is redone on the convexified problem (shift
+// c = Σ_i ||A_i||_F^2, a minorise-maximise step that provably does not), so the objective is
+// monotone. No claim of a global optimum for n > 1. Eigen-solves run in float64.
+GLRAMResult glram(const at::Tensor& A, int64_t rank, const GLRAMOptions& options = {});
+
+// One projected SGD step in the canonical space (DESIGN §4): the GLRAM projection of
+//   A_i = W^T sym(S_i) W − lr · X^T diag(G[:, i]) X,
+// warm-started from `weight`, computed without forming any d×d matrix: a thin QR of
+// [W^T | X^T] (d × k, k = rank + batch) reduces it to GLRAM on k×k cores with the same answer.
+// When k ≥ d the dense form is used. weight (r, d), S (n, r, r), X (B, d), G = ∂ℓ/∂y (B, n).
+// options.init must be unset (the warm start is `weight`).
+GLRAMResult projected_step(const at::Tensor& weight, const at::Tensor& S, const at::Tensor& X,
+                           const at::Tensor& G, double lr, const GLRAMOptions& options = {});
+
+}  // namespace linalg
+}  // namespace quadnet

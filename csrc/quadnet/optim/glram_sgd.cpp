@@ -1,0 +1,169 @@
+#include "glram_sgd.h"
+
+#include <torch/serialize/archive.h>
+#include <torch/types.h>
+
+#include <sstream>
+#include <string>
+#include <type_traits>
+#include <unordered_set>
+
+namespace quadnet {
+namespace optim {
+
+namespace {
+
+void check_finite(const char* what, const torch::Tensor& t) {
+  TORCH_CHECK(torch::isfinite(t).all().item<bool>(), "GLRAMSGD: the step would make ", what,
+              " NaN or Inf (loss or learning rate too large?); no parameter was changed");
+}
+
+// torch::optim's state key: a string in LibTorch 1.x, the TensorImpl pointer in 2.x.
+template <typename Key>
+std::enable_if_t<std::is_same<Key, std::string>::value, Key> state_key(const torch::Tensor& p) {
+  std::ostringstream stream;
+  stream << p.unsafeGetTensorImpl();
+  return stream.str();
+}
+template <typename Key>
+std::enable_if_t<std::is_pointer<Key>::value, Key> state_key(const torch::Tensor& p) {
+  return p.unsafeGetTensorImpl();
+}
+
+}  // namespace
+
+linalg::GLRAMResult quadratic_layer_step(const torch::Tensor& weight, const torch::Tensor& S,
+                                         const torch::Tensor& X, const torch::Tensor& G, double lr,
+                                         double weight_decay, const linalg::GLRAMOptions& options) {
+  TORCH_CHECK(lr >= 0, "quadratic_layer_step: lr must be >= 0, got ", lr);
+  TORCH_CHECK(weight_decay >= 0, "quadratic_layer_step: weight_decay must be >= 0, got ", weight_decay);
+  // Weight decay on A_i is a scaling of S_i.
+  auto decayed = weight_decay == 0 ? S : S * (1.0 - lr * weight_decay);
+  auto result = linalg::projected_step(weight, decayed, X, G, lr, options);
+  check_finite("weight", result.weight);
+  check_finite("S", result.S);
+  return result;
+}
+
+std::pair<torch::Tensor, torch::Tensor> sgd_update(const torch::Tensor& param, const torch::Tensor& grad,
+                                                   const torch::Tensor& momentum_buffer, double lr,
+                                                   double momentum, double weight_decay) {
+  TORCH_CHECK(grad.sizes() == param.sizes(), "sgd_update: grad of shape ", grad.sizes(),
+              " does not match param of shape ", param.sizes());
+  auto d_p = weight_decay == 0 ? grad : grad + param * weight_decay;
+  torch::Tensor buffer;
+  if (momentum != 0) {
+    buffer = momentum_buffer.defined() ? momentum_buffer * momentum + d_p : d_p.clone();
+    d_p = buffer;
+  }
+  auto updated = param - d_p * lr;
+  check_finite("a parameter", updated);
+  return {updated, buffer};
+}
+
+void GLRAMSGDOptions::serialize(torch::serialize::OutputArchive& archive) const {
+  _TORCH_OPTIM_SERIALIZE_TORCH_ARG(lr);
+  _TORCH_OPTIM_SERIALIZE_TORCH_ARG(momentum);
+  _TORCH_OPTIM_SERIALIZE_TORCH_ARG(weight_decay);
+  _TORCH_OPTIM_SERIALIZE_TORCH_ARG(tol);
+  _TORCH_OPTIM_SERIALIZE_TORCH_ARG(max_iter);
+}
+
+void GLRAMSGDOptions::serialize(torch::serialize::InputArchive& archive) {
+  _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(double, lr);
+  _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(double, momentum);
+  _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(double, weight_decay);
+  _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(double, tol);
+  _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(int64_t, max_iter);
+}
+
+void GLRAMSGDParamState::serialize(torch::serialize::OutputArchive& archive) const {
+  _TORCH_OPTIM_SERIALIZE_TORCH_ARG(momentum_buffer);
+}
+
+void GLRAMSGDParamState::serialize(torch::serialize::InputArchive& archive) {
+  _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(torch::Tensor, momentum_buffer);
+}
+
+GLRAMSGD::GLRAMSGD(torch::nn::Module& model, GLRAMSGDOptions defaults)
+    : Optimizer({torch::optim::OptimizerParamGroup(model.parameters())},
+                std::make_unique<GLRAMSGDOptions>(defaults)) {
+  TORCH_CHECK(defaults.lr() >= 0, "GLRAMSGD: lr must be >= 0, got ", defaults.lr());
+  TORCH_CHECK(defaults.momentum() >= 0, "GLRAMSGD: momentum must be >= 0, got ", defaults.momentum());
+  TORCH_CHECK(defaults.weight_decay() >= 0, "GLRAMSGD: weight_decay must be >= 0, got ",
+              defaults.weight_decay());
+  TORCH_CHECK(defaults.max_iter() >= 0, "GLRAMSGD: max_iter must be >= 0, got ", defaults.max_iter());
+  for (const auto& module : model.modules(/*include_self=*/true)) {
+    if (auto layer = std::dynamic_pointer_cast<nn::QuadraticLayerImpl>(module)) {
+      layer->set_capture(true);
+      layers_.push_back(layer);
+    }
+  }
+}
+
+GLRAMSGD::~GLRAMSGD() {
+  for (auto& layer : layers_) layer->set_capture(false);
+}
+
+torch::Tensor GLRAMSGD::step(LossClosure closure) {
+  torch::NoGradGuard no_grad;
+  torch::Tensor loss;
+  if (closure) {
+    at::AutoGradMode enable_grad(true);
+    loss = closure();
+  }
+  using StateKey = std::decay_t<decltype(state_)>::key_type;
+  // Compute every update first; commit only when all of them are finite.
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> commits;  // (parameter, new value)
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> buffers;  // (parameter, new momentum)
+  std::vector<linalg::GLRAMResult> projections;
+  std::unordered_set<const void*> projected;
+  for (auto& layer : layers_) {
+    projected.insert(layer->weight.unsafeGetTensorImpl());
+    projected.insert(layer->S.unsafeGetTensorImpl());
+  }
+  for (auto& group : param_groups_) {
+    const auto& options = static_cast<const GLRAMSGDOptions&>(group.options());
+    const auto glram_options = linalg::GLRAMOptions().tol(options.tol()).max_iter(options.max_iter());
+    std::unordered_set<const void*> in_group;
+    for (const auto& p : group.params()) in_group.insert(p.unsafeGetTensorImpl());
+    for (auto& layer : layers_) {
+      if (!in_group.count(layer->weight.unsafeGetTensorImpl())) continue;
+      auto captured = layer->take_captured();
+      if (!captured.first.defined()) continue;  // not in the graph this step
+      auto result = quadratic_layer_step(layer->weight, layer->S, captured.first, captured.second,
+                                         options.lr(), options.weight_decay(), glram_options);
+      commits.emplace_back(layer->weight, result.weight);
+      commits.emplace_back(layer->S, result.S);
+      projections.push_back(std::move(result));
+    }
+    for (auto& p : group.params()) {
+      if (projected.count(p.unsafeGetTensorImpl()) || !p.grad().defined()) continue;
+      auto found = state_.find(state_key<StateKey>(p));
+      torch::Tensor buffer;
+      if (found != state_.end()) buffer = static_cast<GLRAMSGDParamState&>(*found->second).momentum_buffer();
+      auto update = sgd_update(p, p.grad(), buffer, options.lr(), options.momentum(), options.weight_decay());
+      commits.emplace_back(p, update.first);
+      if (update.second.defined()) buffers.emplace_back(p, update.second);
+    }
+  }
+  for (auto& commit : commits) commit.first.copy_(commit.second);
+  for (auto& entry : buffers) {
+    auto state = std::make_unique<GLRAMSGDParamState>();
+    state->momentum_buffer(entry.second);
+    state_[state_key<StateKey>(entry.first)] = std::move(state);
+  }
+  last_projections_ = std::move(projections);
+  return loss;
+}
+
+void GLRAMSGD::save(torch::serialize::OutputArchive& archive) const {
+  torch::optim::serialize<GLRAMSGDParamState, GLRAMSGDOptions>(archive, *this);
+}
+
+void GLRAMSGD::load(torch::serialize::InputArchive& archive) {
+  torch::optim::serialize<GLRAMSGDParamState, GLRAMSGDOptions>(archive, *this);
+}
+
+}  // namespace optim
+}  // namespace quadnet

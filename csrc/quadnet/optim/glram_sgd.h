@@ -1,0 +1,81 @@
+#pragma once
+// GLRAMSGD: projected SGD for quadratic layers in their canonical space (DESIGN §4), plain
+// SGD (momentum, weight decay) for every other parameter, as a torch::optim::Optimizer.
+
+#include <torch/nn/module.h>
+#include <torch/optim/optimizer.h>
+#include <torch/optim/serialize.h>
+
+#include <utility>
+#include <vector>
+
+#include "../linalg/glram.h"
+#include "../nn/quadratic_layer.h"
+
+namespace quadnet {
+namespace optim {
+
+// ---- the update rules, shared by the C++ optimizer and Python's quadnet.optim.GLRAMSGD ----
+
+// The new (weight, S) of a quadratic layer after one projected step:
+//   A_i ← (1 − lr·weight_decay) W^T S_i W − lr · X^T diag(G[:, i]) X,  (W, S) ← GLRAM(A)
+// (factored, warm-started from W; exact eigen-projection for one output). Pure: the
+// arguments are not modified. Throws if the result is not finite.
+linalg::GLRAMResult quadratic_layer_step(const torch::Tensor& weight, const torch::Tensor& S,
+                                         const torch::Tensor& X, const torch::Tensor& G, double lr,
+                                         double weight_decay, const linalg::GLRAMOptions& options);
+
+// torch.optim.SGD's rule (dampening 0, no Nesterov): returns (new param, new momentum buffer;
+// undefined when momentum is 0). Pure. Throws if the new param is not finite.
+std::pair<torch::Tensor, torch::Tensor> sgd_update(const torch::Tensor& param, const torch::Tensor& grad,
+                                                   const torch::Tensor& momentum_buffer, double lr,
+                                                   double momentum, double weight_decay);
+
+// ---- the C++ optimizer ----
+
+struct GLRAMSGDOptions : public torch::optim::OptimizerCloneableOptions<GLRAMSGDOptions> {
+  GLRAMSGDOptions(double lr = 0.01) : lr_(lr) {}
+  TORCH_ARG(double, lr);
+  TORCH_ARG(double, momentum) = 0;      // other parameters only (no canonical momentum)
+  TORCH_ARG(double, weight_decay) = 0;  // all parameters (canonical for quadratic layers)
+  TORCH_ARG(double, tol) = 1e-6;        // GLRAM stopping tolerance
+  TORCH_ARG(int64_t, max_iter) = 100;   // GLRAM iterations per step
+
+ public:
+  void serialize(torch::serialize::InputArchive& archive) override;
+  void serialize(torch::serialize::OutputArchive& archive) const override;
+  double get_lr() const override { return lr(); }
+  void set_lr(const double lr) override { this->lr(lr); }
+};
+
+struct GLRAMSGDParamState : public torch::optim::OptimizerCloneableParamState<GLRAMSGDParamState> {
+  TORCH_ARG(torch::Tensor, momentum_buffer);
+
+ public:
+  void serialize(torch::serialize::InputArchive& archive) override;
+  void serialize(torch::serialize::OutputArchive& archive) const override;
+};
+
+// Optimizes every parameter of `model`. Each QuadraticLayer in it is projected: the optimizer
+// turns its capture on, and step() consumes the (X, G) recorded by forward/backward; a layer
+// whose output got no gradient is left untouched. All other parameters get SGD. A step that
+// would produce NaN/Inf throws and leaves every parameter and state tensor as it was.
+class GLRAMSGD : public torch::optim::Optimizer {
+ public:
+  GLRAMSGD(torch::nn::Module& model, GLRAMSGDOptions defaults);
+  ~GLRAMSGD() override;
+
+  torch::Tensor step(LossClosure closure = nullptr) override;
+  void save(torch::serialize::OutputArchive& archive) const override;
+  void load(torch::serialize::InputArchive& archive) override;
+
+  // The GLRAM results of the last step, one per projected layer (objective, iterations).
+  const std::vector<linalg::GLRAMResult>& last_projections() const { return last_projections_; }
+
+ private:
+  std::vector<std::shared_ptr<nn::QuadraticLayerImpl>> layers_;
+  std::vector<linalg::GLRAMResult> last_projections_;
+};
+
+}  // namespace optim
+}  // namespace quadnet

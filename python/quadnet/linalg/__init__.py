@@ -1,0 +1,70 @@
+"""GLRAM projections from canonical matrices back onto the quadratic model (DESIGN §3–§4).
+
+Thin adapters over the C++ implementation (``quadnet::linalg``).
+"""
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from .. import _C
+
+__all__ = ["GLRAMResult", "glram", "projected_step"]
+
+#: Defaults shared with C++ ``quadnet::linalg::GLRAMOptions``.
+DEFAULT_TOL = 1e-6
+DEFAULT_MAX_ITER = 100
+
+
+class GLRAMResult(NamedTuple):
+    """Result of a GLRAM projection.
+
+    Attributes:
+        weight: ``(rank, d)`` with orthonormal rows.
+        S: ``(n, rank, rank)``, symmetric; ``S_i = weight A_i weight^T``.
+        objective: float64 ``(iterations + 1,)``: ``Σ_i ||A_i − W^T S_i W||_F^2`` after the
+            initial subspace and after every iteration (never increases).
+        iterations: alternating iterations run (0 for the exact single-output solution).
+        converged: whether ``tol`` was reached (always ``True`` for one output).
+    """
+    weight: Tensor
+    S: Tensor
+    objective: Tensor
+    iterations: int
+    converged: bool
+
+
+def _wrap(result) -> GLRAMResult:
+    return GLRAMResult(result.weight, result.S, result.objective, result.iterations, result.converged)
+
+
+def glram(A: Tensor, rank: int, *, tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER,
+          init: Optional[Tensor] = None) -> GLRAMResult:
+    r"""Projects symmetric ``A (n, d, d)`` onto ``{W^T S_i W}``: minimises ``Σ_i ||A_i − W^T S_i W||_F^2``.
+
+    One output (``n = 1``) is solved exactly (the ``rank`` eigenvectors with largest ``|λ|``).
+    Several outputs: alternating maximisation (GLRAM), a local optimum with a monotone objective.
+
+    Args:
+        A: ``(n, d, d)`` symmetric (checked), finite.
+        rank: ``r`` in ``[1, d]``.
+        tol: stop when an iteration lowers the error by less than ``tol · Σ_i ||A_i||_F^2``.
+        max_iter: most iterations.
+        init: ``(rank, d)`` warm start (e.g. the current weight); ``None`` for the classic start
+            (top eigenvectors of ``Σ_i A_i A_i``).
+    """
+    return _wrap(_C.linalg.glram(A, rank, tol, max_iter, init))
+
+
+def projected_step(weight: Tensor, S: Tensor, X: Tensor, G: Tensor, lr: float, *,
+                   tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER) -> GLRAMResult:
+    r"""Projected SGD step in the canonical space, without forming any ``d×d`` matrix.
+
+    Returns the GLRAM projection of ``A_i = W^T sym(S_i) W − lr · X^T diag(G[:, i]) X``,
+    warm-started from ``weight``, computed on ``k×k`` cores (``k = rank + batch``) from a thin QR
+    of ``[W^T | X^T]``; dense when ``k ≥ d``.
+
+    Shapes: ``weight (r, d)``, ``S (n, r, r)``, ``X (B, d)`` (the layer's inputs),
+    ``G (B, n)`` (``∂ℓ/∂y``).
+    """
+    return _wrap(_C.linalg.projected_step(weight, S, X, G, float(lr), tol, max_iter))

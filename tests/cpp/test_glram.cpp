@@ -1,0 +1,82 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <quadnet/quadnet.h>
+
+namespace {
+
+using quadnet::linalg::GLRAMOptions;
+
+torch::Tensor random_model_matrices(int64_t n, int64_t d, int64_t r) {
+  auto W = torch::randn({r, d}, torch::kFloat64);
+  auto S = torch::randn({n, r, r}, torch::kFloat64);
+  return quadnet::canonical_form(W, S);
+}
+
+double relative_error(const torch::Tensor& A, const quadnet::linalg::GLRAMResult& res) {
+  return (quadnet::canonical_form(res.weight, res.S) - A).norm().item<double>() / A.norm().item<double>();
+}
+
+TEST(GLRAM, RecoversExactLowRankModel) {
+  torch::manual_seed(0);
+  auto A = random_model_matrices(5, 12, 3);
+  auto res = quadnet::linalg::glram(A, 3);
+  EXPECT_LE(relative_error(A, res), 1e-10);
+  auto gram = torch::mm(res.weight, res.weight.t());
+  EXPECT_TRUE(torch::allclose(gram, torch::eye(3, torch::kFloat64), 1e-12, 1e-12));
+}
+
+TEST(GLRAM, SingleOutputIsEckartYoungByAbsoluteEigenvalue) {
+  torch::manual_seed(1);
+  auto M = torch::randn({8, 8}, torch::kFloat64);
+  auto A = (M + M.t()).unsqueeze(0);
+  auto res = quadnet::linalg::glram(A, 3);
+  auto eig = torch::linalg::eigh(A[0], "L");
+  auto lambda = std::get<0>(eig);
+  auto kept = std::get<0>(lambda.abs().sort(0, true)).narrow(0, 0, 3);
+  auto dropped = lambda.square().sum() - kept.square().sum();
+  EXPECT_NEAR(res.objective[-1].item<double>(), dropped.item<double>(), 1e-10);
+  EXPECT_TRUE(res.converged);
+}
+
+TEST(GLRAM, ObjectiveNeverIncreases) {
+  torch::manual_seed(2);
+  auto M = torch::randn({6, 20, 20}, torch::kFloat64);
+  auto A = M + M.transpose(1, 2);  // indefinite, full rank
+  auto res = quadnet::linalg::glram(A, 4, GLRAMOptions().tol(0).max_iter(50));
+  auto diffs = res.objective.narrow(0, 1, res.objective.size(0) - 1) - res.objective.narrow(0, 0, res.objective.size(0) - 1);
+  EXPECT_LE(diffs.max().item<double>(), 0.0);
+}
+
+TEST(GLRAM, FactoredStepMatchesDenseProjection) {
+  torch::manual_seed(3);
+  const int64_t d = 30, r = 3, n = 4, B = 5;
+  auto W = torch::randn({r, d}, torch::kFloat64), S = torch::randn({n, r, r}, torch::kFloat64);
+  auto X = torch::randn({B, d}, torch::kFloat64), G = torch::randn({B, n}, torch::kFloat64);
+  const double lr = 0.1;
+  // A fixed number of iterations: both paths must agree to rounding, iteration for iteration.
+  auto opts = GLRAMOptions().tol(0).max_iter(3);
+  auto step = quadnet::linalg::projected_step(W, S, X, G, lr, opts);
+  auto A = quadnet::canonical_form(W, S) - lr * quadnet::canonical_gradient(X, G);
+  auto dense = quadnet::linalg::glram(A, r, GLRAMOptions(opts).init(W));
+  ASSERT_EQ(step.iterations, 3);
+  ASSERT_EQ(dense.iterations, 3);
+  EXPECT_TRUE(torch::allclose(step.objective, dense.objective, 1e-10, 0));
+  auto P_step = torch::mm(step.weight.t(), step.weight), P_dense = torch::mm(dense.weight.t(), dense.weight);
+  EXPECT_TRUE(torch::allclose(P_step, P_dense, 1e-8, 1e-8));
+}
+
+TEST(GLRAM, BadInputIsRejected) {
+  auto A = random_model_matrices(2, 5, 2);
+  EXPECT_THROW(quadnet::linalg::glram(A, 0), c10::Error);
+  EXPECT_THROW(quadnet::linalg::glram(A, 6), c10::Error);
+  EXPECT_THROW(quadnet::linalg::glram(A.narrow(2, 0, 4), 2), c10::Error);
+  auto nan = A.clone();
+  nan[0][1][1] = std::nan("");
+  EXPECT_THROW(quadnet::linalg::glram(nan, 2), c10::Error);
+  auto asym = A.clone();
+  asym[1][0][2] += 1.0;
+  EXPECT_THROW(quadnet::linalg::glram(asym, 2), c10::Error);
+}
+
+}  // namespace

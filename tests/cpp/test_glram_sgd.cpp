@@ -1,0 +1,108 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <quadnet/quadnet.h>
+
+#include <sstream>
+
+namespace {
+
+using quadnet::nn::QuadraticLayer;
+using quadnet::optim::GLRAMSGD;
+using quadnet::optim::GLRAMSGDOptions;
+
+TEST(GLRAMSGD, OneStepEqualsDenseCanonicalStep) {
+  torch::manual_seed(0);
+  QuadraticLayer layer(quadnet::nn::QuadraticLayerOptions(12, 3, 2).bias(false));
+  layer->to(torch::kFloat64);
+  auto W0 = layer->weight.detach().clone(), S0 = layer->S.detach().clone();
+  auto x = torch::randn({5, 12}, torch::kFloat64);
+  auto target = torch::randn({5, 3}, torch::kFloat64);
+  const double lr = 0.05;
+  GLRAMSGD opt(*layer, GLRAMSGDOptions(lr).tol(0).max_iter(3));
+  opt.zero_grad();
+  auto loss = 0.5 * (layer->forward(x) - target).square().sum();
+  loss.backward();
+  opt.step();
+
+  // Dense reference: G = ∂ℓ/∂y, A = W^T S W − lr X^T diag(G) X, GLRAM warm-started at W0.
+  auto G = quadnet::quadratic_form(x, W0, S0) - target;
+  auto A = quadnet::canonical_form(W0, S0) - lr * quadnet::canonical_gradient(x, G);
+  auto dense = quadnet::linalg::glram(A, 2, quadnet::linalg::GLRAMOptions().tol(0).max_iter(3).init(W0));
+  EXPECT_TRUE(torch::allclose(layer->canonical(), quadnet::canonical_form(dense.weight, dense.S), 0, 1e-8));
+  ASSERT_EQ(opt.last_projections().size(), 1u);
+}
+
+TEST(GLRAMSGD, OtherParametersGetSGDAndUnusedLayersStay) {
+  torch::manual_seed(1);
+  torch::nn::Sequential model(QuadraticLayer(6, 4, 2), torch::nn::Linear(4, 3));
+  QuadraticLayer unused(6, 4, 2);
+  model->register_module("unused", unused);
+  GLRAMSGD opt(*model, GLRAMSGDOptions(0.1));
+  auto linear = model[1]->as<torch::nn::Linear>();
+  auto quad = model[0]->as<QuadraticLayer>();
+  auto before_unused = unused->weight.detach().clone();
+  auto before_w = quad->weight.detach().clone();
+  auto before_lin = linear->weight.detach().clone();
+
+  auto x = torch::randn({8, 6});
+  auto loss = torch::nn::functional::cross_entropy(model->forward(x), torch::randint(0, 3, {8}));
+  opt.zero_grad();
+  loss.backward();
+  auto expected_lin = before_lin - 0.1 * linear->weight.grad();
+  opt.step();
+  EXPECT_TRUE(torch::allclose(linear->weight, expected_lin));
+  EXPECT_FALSE(torch::equal(quad->weight, before_w));
+  EXPECT_TRUE(torch::equal(unused->weight, before_unused));
+}
+
+TEST(GLRAMSGD, NonFiniteStepThrowsAndChangesNothing) {
+  torch::manual_seed(2);
+  torch::nn::Sequential model(QuadraticLayer(5, 2, 2), torch::nn::Linear(2, 2));
+  GLRAMSGD opt(*model, GLRAMSGDOptions(0.1).momentum(0.9));
+  auto x = torch::randn({4, 5});
+  opt.zero_grad();
+  model->forward(x).sum().backward();
+  opt.step();  // creates momentum state
+  std::vector<torch::Tensor> before;
+  for (auto& p : model->parameters()) before.push_back(p.detach().clone());
+  opt.zero_grad();
+  (model->forward(x).sum() * std::numeric_limits<float>::infinity()).backward();
+  EXPECT_THROW(opt.step(), c10::Error);
+  auto params = model->parameters();
+  for (size_t i = 0; i < params.size(); ++i) EXPECT_TRUE(torch::equal(params[i], before[i])) << i;
+}
+
+TEST(GLRAMSGD, StateRoundTripContinuesIdentically) {
+  auto make = [] {
+    torch::manual_seed(3);
+    return torch::nn::Sequential(QuadraticLayer(5, 3, 2), torch::nn::Linear(3, 2));
+  };
+  auto x = torch::randn({6, 5});
+  auto run = [&](torch::nn::Sequential& model, GLRAMSGD& opt, int steps) {
+    for (int i = 0; i < steps; ++i) {
+      opt.zero_grad();
+      model->forward(x).square().sum().backward();
+      opt.step();
+    }
+  };
+  auto a = make();
+  GLRAMSGD opt_a(*a, GLRAMSGDOptions(0.01).momentum(0.5));
+  run(a, opt_a, 4);
+
+  auto b = make();
+  GLRAMSGD opt_b(*b, GLRAMSGDOptions(0.01).momentum(0.5));
+  run(b, opt_b, 2);
+  std::stringstream model_stream, opt_stream;
+  torch::save(b, model_stream);
+  torch::save(opt_b, opt_stream);
+  auto c = make();
+  GLRAMSGD opt_c(*c, GLRAMSGDOptions(0.01).momentum(0.5));
+  torch::load(c, model_stream);
+  torch::load(opt_c, opt_stream);
+  run(c, opt_c, 2);
+  auto pa = a->parameters(), pc = c->parameters();
+  for (size_t i = 0; i < pa.size(); ++i) EXPECT_TRUE(torch::equal(pa[i], pc[i])) << i;
+}
+
+}  // namespace

@@ -1,0 +1,174 @@
+"""GLRAM projection and the factored projected step, against numpy / dense oracles."""
+import numpy as np
+import pytest
+import torch
+
+import quadnet
+from quadnet.linalg import glram, projected_step
+from quadnet.ops import canonical_form, canonical_gradient
+
+
+def random_model(n, d, r, dtype=torch.float64):
+    return torch.randn(r, d, dtype=dtype), torch.randn(n, r, r, dtype=dtype)
+
+
+def random_symmetric(n, d):
+    M = torch.randn(n, d, d, dtype=torch.float64)
+    return M + M.transpose(1, 2)
+
+
+def reconstruction(res):
+    return canonical_form(res.weight, res.S)
+
+
+def error(A, res):
+    return float(((A - reconstruction(res)) ** 2).sum())
+
+
+@pytest.mark.parametrize("n, d, r", [(1, 10, 3), (4, 12, 3), (10, 30, 1), (3, 8, 8)])
+def test_exact_recovery(n, d, r):
+    A = canonical_form(*random_model(n, d, r))
+    res = glram(A, r)
+    assert float((A - reconstruction(res)).norm() / A.norm()) <= 1e-10
+    torch.testing.assert_close(res.weight @ res.weight.T, torch.eye(r, dtype=torch.float64))
+    torch.testing.assert_close(res.S, res.S.transpose(1, 2), rtol=0, atol=0)
+
+
+def test_single_output_is_eckart_young_by_abs_eigenvalue():
+    A = random_symmetric(1, 9)
+    lam, vec = np.linalg.eigh(A[0].numpy())
+    keep = np.argsort(-np.abs(lam))[:4]
+    best = (vec[:, keep] * lam[keep]) @ vec[:, keep].T
+    res = glram(A, 4)
+    np.testing.assert_allclose(reconstruction(res)[0].numpy(), best, atol=1e-10)
+    np.testing.assert_allclose(float(res.objective[-1]), np.sum(np.delete(lam, keep) ** 2), rtol=1e-10)
+    np.testing.assert_allclose(np.sort(np.diag(res.S[0].numpy())), np.sort(lam[keep]), atol=1e-10)
+    assert res.iterations == 0 and res.converged
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_objective_never_increases_and_is_reported(seed):
+    torch.manual_seed(seed)
+    A = random_symmetric(6, 25)
+    res = glram(A, 5, tol=0, max_iter=40)
+    obj = res.objective
+    assert obj.dtype == torch.float64 and obj.numel() == res.iterations + 1
+    assert torch.all(obj[1:] <= obj[:-1])
+    # The reported objective is the true error of the returned model.
+    np.testing.assert_allclose(float(obj[-1]), error(A, res), rtol=1e-9)
+
+
+def test_lower_bound_and_shared_subspace_equality():
+    A = random_symmetric(5, 15)
+    r = 4
+    res = glram(A, r, tol=1e-12)
+    lam = np.linalg.eigvalsh(A.numpy())
+    per_matrix_best = sum(np.sum(np.sort(l ** 2)[:-r]) for l in lam)  # each A_i's own rank-r error
+    assert error(A, res) >= per_matrix_best - 1e-9
+    # A_i sharing one r-dim subspace (plus full-rank noise in it): GLRAM attains the bound.
+    Q = torch.linalg.qr(torch.randn(15, r, dtype=torch.float64))[0]
+    B = torch.randn(5, r, r, dtype=torch.float64)
+    shared = Q @ (B + B.transpose(1, 2)) @ Q.T
+    res = glram(shared, r)
+    assert error(shared, res) <= 1e-18 * float((shared ** 2).sum()) + 1e-20
+
+
+def test_warm_start_from_solution_converges_immediately():
+    A = random_symmetric(4, 12)
+    first = glram(A, 3, tol=1e-14, max_iter=1000)
+    again = glram(A, 3, init=first.weight, tol=1e-10)
+    assert again.iterations <= 1
+    np.testing.assert_allclose(float(again.objective[-1]), float(first.objective[-1]), rtol=1e-9)
+
+
+def test_float32_in_float32_out():
+    A = canonical_form(*random_model(3, 10, 2, dtype=torch.float32))
+    res = glram(A, 2)
+    assert res.weight.dtype == torch.float32 and res.S.dtype == torch.float32
+    assert float((A - reconstruction(res)).norm() / A.norm()) <= 1e-5
+
+
+def dense_step(weight, S, X, G, lr, **kw):
+    A = canonical_form(weight, S) - lr * canonical_gradient(X, G)
+    return A, glram(A, weight.shape[0], init=weight, **kw)
+
+
+@pytest.mark.parametrize("B, d", [(5, 40), (3, 12), (20, 12), (40, 12)])  # B < d and B ≥ d
+@pytest.mark.parametrize("n", [1, 4])
+@pytest.mark.parametrize("max_iter", [3, 10000])
+def test_factored_step_matches_dense(B, d, n, max_iter):
+    """Iteration for iteration, the factored step is the dense GLRAM on the materialised A.
+
+    With a fixed number of iterations both must agree to rounding (projector to 1e-8). Run to
+    convergence (tol=0), both stop at the objective's float64 resolution: the objectives agree,
+    the subspaces only to ~sqrt(eps) (a flat optimum), so that case checks the objective only.
+    """
+    r = 3
+    weight, S = random_model(n, d, r)
+    X, G = torch.randn(B, d, dtype=torch.float64), torch.randn(B, n, dtype=torch.float64)
+    kw = {"tol": 0.0, "max_iter": max_iter}
+    step = projected_step(weight, S, X, G, 0.05, **kw)
+    A, dense = dense_step(weight, S, X, G, 0.05, **kw)
+    np.testing.assert_allclose(float(step.objective[-1]), float(dense.objective[-1]), rtol=1e-10)
+    np.testing.assert_allclose(float(step.objective[-1]), error(A, step), rtol=1e-8)
+    if max_iter == 3 and step.iterations == dense.iterations:
+        torch.testing.assert_close(step.objective, dense.objective, rtol=1e-10, atol=0)
+        torch.testing.assert_close(step.weight.T @ step.weight, dense.weight.T @ dense.weight, rtol=0, atol=1e-8)
+        scale = float(A.abs().max())
+        torch.testing.assert_close(reconstruction(step), reconstruction(dense), rtol=0, atol=1e-8 * scale)
+    else:
+        assert max_iter > 3, "3 iterations must not reach the rounding floor in these sizes"
+
+
+def test_projected_step_on_exact_gradient_direction_reduces_loss():
+    # Least squares on a quadratic target: the projected step lowers the loss for a small lr.
+    d, r, n, B = 20, 2, 3, 64
+    W_true, S_true = random_model(n, d, r)
+    X = torch.randn(B, d, dtype=torch.float64)
+    y = quadnet.ops.quadratic_form(X, W_true, S_true)
+    weight, S = random_model(n, d, r)
+
+    def loss(w, s):
+        return float(((quadnet.ops.quadratic_form(X, w, s) - y) ** 2).mean() / 2)
+
+    G = (quadnet.ops.quadratic_form(X, weight, S) - y) / B
+    res = projected_step(weight, S, X, G, 1e-3)
+    assert loss(res.weight, res.S) < loss(weight, S)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda A: glram(A, 0), r"rank must be in \[1, 6\]"),
+    (lambda A: glram(A, 7), r"rank must be in \[1, 6\]"),
+    (lambda A: glram(A[:, :, :5], 2), r"expected A of shape \(n, d, d\)"),
+    (lambda A: glram(A[0], 2), r"expected A of shape \(n, d, d\)"),
+    (lambda A: glram(A + torch.triu(torch.ones(6, 6), 1), 2), r"A must be symmetric"),
+    (lambda A: glram(A.index_put((torch.tensor([0]), torch.tensor([1]), torch.tensor([1])), torch.tensor(float("nan"), dtype=torch.float64)), 2), r"A contains NaN or Inf"),
+    (lambda A: glram(A, 2, init=torch.randn(3, 6, dtype=torch.float64)), r"expected init of shape \(rank=2, d=6\)"),
+    (lambda A: glram(A, 2, tol=-1.0), r"tol must be"),
+    (lambda A: glram(A.long(), 2), r"floating point"),
+])
+def test_glram_bad_input(call, message):
+    A = canonical_form(*random_model(3, 6, 2))
+    before = A.clone()
+    with pytest.raises(RuntimeError, match=message):
+        call(A)
+    assert torch.equal(A, before)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"X": torch.randn(4, 7, dtype=torch.float64)}, r"expected X of shape \(batch, d=6\)"),
+    ({"G": torch.randn(4, 2, dtype=torch.float64)}, r"expected G of shape \(batch=4, n=3\)"),
+    ({"S": torch.randn(3, 2, 3, dtype=torch.float64)}, r"expected S of shape \(n, rank=2, rank=2\)"),
+    ({"G": torch.full((4, 3), float("inf"), dtype=torch.float64)}, r"G contains NaN or Inf"),
+    ({"X": torch.randn(4, 6)}, r"X to have the dtype of weight"),
+    ({"lr": float("nan")}, r"lr must be finite"),
+])
+def test_projected_step_bad_input(change, message):
+    args = {"weight": torch.randn(2, 6, dtype=torch.float64), "S": torch.randn(3, 2, 2, dtype=torch.float64),
+            "X": torch.randn(4, 6, dtype=torch.float64), "G": torch.randn(4, 3, dtype=torch.float64), "lr": 0.1}
+    args.update(change)
+    copies = {k: v.clone() for k, v in args.items() if isinstance(v, torch.Tensor)}
+    with pytest.raises(RuntimeError, match=message):
+        projected_step(**args)
+    for k, v in copies.items():
+        assert torch.equal(args[k], v) or torch.isnan(v).any() or torch.isinf(v).any()
