@@ -39,6 +39,29 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              py::arg("weight"), py::arg("S"), py::arg("X"), py::arg("G"), py::arg("lr"), py::arg("tol"),
              py::arg("max_iter"), py::call_guard<py::gil_scoped_release>());
 
+  auto optim = m.def_submodule("optim", "optimizer update rules");
+  optim.def("quadratic_layer_step",
+            [](const torch::Tensor& weight, const torch::Tensor& S, const torch::Tensor& X,
+               const torch::Tensor& G, double lr, double weight_decay, double tol, int64_t max_iter) {
+              return quadnet::optim::quadratic_layer_step(weight, S, X, G, lr, weight_decay,
+                                                          glram_options(tol, max_iter));
+            },
+            py::arg("weight"), py::arg("S"), py::arg("X"), py::arg("G"), py::arg("lr"),
+            py::arg("weight_decay"), py::arg("tol"), py::arg("max_iter"),
+            py::call_guard<py::gil_scoped_release>());
+  optim.def("sgd_update",
+            [](const torch::Tensor& param, const torch::Tensor& grad,
+               c10::optional<torch::Tensor> momentum_buffer, double lr, double momentum,
+               double weight_decay) -> std::pair<torch::Tensor, c10::optional<torch::Tensor>> {
+              auto update = quadnet::optim::sgd_update(param, grad, momentum_buffer.value_or(torch::Tensor()),
+                                                       lr, momentum, weight_decay);
+              c10::optional<torch::Tensor> buffer;
+              if (update.second.defined()) buffer = update.second;
+              return {update.first, buffer};
+            },
+            py::arg("param"), py::arg("grad"), py::arg("momentum_buffer"), py::arg("lr"),
+            py::arg("momentum"), py::arg("weight_decay"));
+
   auto nn = m.def_submodule("nn", "module helpers");
   nn.def("init_quadratic_layer_",
          [](torch::Tensor weight, torch::Tensor S, c10::optional<torch::Tensor> bias) {

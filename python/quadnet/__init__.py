@@ -6,7 +6,7 @@ Importing the package loads the C++ extension, which registers the ops as
 import torch  # noqa: F401  (the extension needs libtorch loaded first)
 
 from . import _C  # noqa: F401  (registers torch.ops.quadnet.*)
-from . import nn, ops, serialize
+from . import linalg, nn, ops, optim, serialize
 from .serialize import load_state_dict, save_state_dict
 
-__all__ = ["nn", "ops", "serialize", "save_state_dict", "load_state_dict"]
+__all__ = ["linalg", "nn", "ops", "optim", "serialize", "save_state_dict", "load_state_dict"]

@@ -1,5 +1,6 @@
 """Quadratic layers: the symmetric-S model and the older diagonal model (DESIGN §1)."""
-from typing import Optional
+import weakref
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -7,6 +8,15 @@ from torch import Tensor
 from .. import _C
 
 __all__ = ["QuadraticLayer", "DiagonalQuadraticLayer"]
+
+# weight Parameter id -> its layer, so optimizers given plain parameters find the layers.
+_LAYER_OF_WEIGHT: "weakref.WeakValueDictionary[int, QuadraticLayer]" = weakref.WeakValueDictionary()
+
+
+def quadratic_layer_of(param: Tensor) -> Optional["QuadraticLayer"]:
+    """The :class:`QuadraticLayer` whose ``weight`` is ``param``, or ``None``."""
+    layer = _LAYER_OF_WEIGHT.get(id(param))
+    return layer if layer is not None and layer.weight is param else None
 
 
 class QuadraticLayer(torch.nn.Module):
@@ -58,6 +68,9 @@ class QuadraticLayer(torch.nn.Module):
             self.bias = torch.nn.Parameter(torch.empty(out_features, **factory))
         else:
             self.register_parameter("bias", None)
+        self._capture = False
+        self._captures: List[Tuple[Tensor, List[Tensor]]] = []
+        _LAYER_OF_WEIGHT[id(self.weight)] = self
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -66,10 +79,43 @@ class QuadraticLayer(torch.nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = torch.ops.quadnet.quadratic_form(x, self.weight, self.S)
+        if not torch.jit.is_scripting():
+            if self._capture and self.training and y.requires_grad:
+                self._record(x, y)
         bias = self.bias  # a local, so TorchScript can refine Optional[Tensor]
         if bias is not None:
             y = y + bias
         return y
+
+    # -- capture of (X, ∂ℓ/∂y) for projection optimizers (as QuadraticLayerImpl in C++) --
+
+    @torch.jit.unused
+    def set_capture(self, enabled: bool) -> None:
+        """Record each training forward's input and output gradient (used by ``GLRAMSGD``)."""
+        self._capture = enabled
+        if not enabled:
+            self._captures = []
+
+    @torch.jit.unused
+    def _record(self, x: Tensor, y: Tensor) -> None:
+        slot: List[Tensor] = []
+
+        def keep(grad):
+            if slot:
+                slot[0] = slot[0] + grad
+            else:
+                slot.append(grad)
+        y.register_hook(keep)
+        self._captures.append((x.detach().reshape(-1, self.in_features), slot))
+
+    @torch.jit.unused
+    def take_captured(self) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        """``(X (B, in), G (B, out))`` of the forwards whose output got a gradient; forgets all."""
+        pairs = [(x, slot[0].reshape(-1, self.out_features)) for x, slot in self._captures if slot]
+        self._captures = []
+        if not pairs:
+            return None, None
+        return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
 
     def canonical(self) -> Tensor:
         """Canonical matrices ``A_i = W^T sym(S_i) W``, shape ``(out_features, in_features, in_features)``."""

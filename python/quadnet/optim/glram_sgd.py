@@ -1,0 +1,108 @@
+"""GLRAMSGD: projected SGD of quadratic layers in their canonical space (DESIGN §4)."""
+from typing import Callable, Iterable, Optional, Union
+
+import torch
+from torch.optim import Optimizer
+
+from .. import _C
+from ..linalg import DEFAULT_MAX_ITER, DEFAULT_TOL, GLRAMResult
+from ..nn.quadratic import QuadraticLayer, quadratic_layer_of
+
+__all__ = ["GLRAMSGD"]
+
+
+class GLRAMSGD(Optimizer):
+    r"""Projected SGD for :class:`~quadnet.nn.QuadraticLayer`\ s, SGD for everything else.
+
+    For every quadratic layer whose ``weight`` and ``S`` are in a param group, a step moves the
+    canonical matrices and projects back (warm-started GLRAM; exact for one output)::
+
+        A_i ← (1 − lr·weight_decay) W^T S_i W − lr · X^T diag(G[:, i]) X,   (W, S) ← GLRAM(A, rank)
+
+    computed without any ``d×d`` matrix (:func:`quadnet.linalg.projected_step`). ``X`` (the
+    layer's batch input) and ``G = ∂ℓ/∂y`` are recorded by the layer during forward/backward,
+    so the usual loop works unchanged: ``opt.zero_grad(); loss.backward(); opt.step()``. A layer
+    whose output got no gradient since the last step is left untouched. All other parameters
+    get SGD with the group's ``momentum`` and ``weight_decay`` (their canonical space is
+    themselves); momentum does not apply to the projected layers (a canonical momentum would
+    need ``n·d²`` state).
+
+    A step that would make any parameter NaN/Inf raises ``RuntimeError`` and changes no
+    parameter or state. The update rules are the C++ ones (``quadnet::optim``).
+
+    Args:
+        params: an ``nn.Module`` (all its parameters), or an iterable of parameters / param
+            group dicts, as for ``torch.optim.SGD``. Quadratic layers are found from their
+            parameters, so ``GLRAMSGD(model.parameters(), ...)`` works, and so does giving only
+            the quadratic layers' parameters here and the rest to another optimizer.
+        lr: learning rate.
+        momentum: momentum of the non-quadratic parameters (default 0).
+        weight_decay: L2 penalty, on the canonical ``A_i`` for quadratic layers (default 0).
+        tol: GLRAM stopping tolerance (default 1e-6).
+        max_iter: GLRAM iterations per step at most (default 100).
+    """
+
+    def __init__(self, params: Union[torch.nn.Module, Iterable], lr: float, *, momentum: float = 0.0,
+                 weight_decay: float = 0.0, tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER):
+        if lr < 0:
+            raise ValueError(f"GLRAMSGD: lr must be >= 0, got {lr}")
+        if momentum < 0:
+            raise ValueError(f"GLRAMSGD: momentum must be >= 0, got {momentum}")
+        if weight_decay < 0:
+            raise ValueError(f"GLRAMSGD: weight_decay must be >= 0, got {weight_decay}")
+        if max_iter < 0:
+            raise ValueError(f"GLRAMSGD: max_iter must be >= 0, got {max_iter}")
+        layers = []
+        if isinstance(params, torch.nn.Module):
+            layers = [m for m in params.modules() if isinstance(m, QuadraticLayer)]
+            params = params.parameters()
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, tol=tol, max_iter=max_iter)
+        super().__init__(params, defaults)
+        if not layers:  # plain parameters: find the layers they belong to
+            found = (quadratic_layer_of(p) for g in self.param_groups for p in g["params"])
+            layers = [layer for layer in found if layer is not None]
+        self._layers = layers
+        for layer in layers:
+            layer.set_capture(True)
+        #: GLRAM results of the last step, one per projected layer (objective, iterations).
+        self.last_projections: list = []
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        commits, buffers, projections = [], [], []
+        projected = {id(p) for layer in self._layers for p in (layer.weight, layer.S)}
+        for group in self.param_groups:
+            in_group = {id(p) for p in group["params"]}
+            for layer in self._layers:
+                if id(layer.weight) not in in_group:
+                    continue
+                if id(layer.S) not in in_group:
+                    raise ValueError("GLRAMSGD: a QuadraticLayer's weight and S must be in the same param group")
+                X, G = layer.take_captured()
+                if X is None:
+                    continue
+                result = _C.optim.quadratic_layer_step(layer.weight, layer.S, X, G, group["lr"],
+                                                       group["weight_decay"], group["tol"], group["max_iter"])
+                commits += [(layer.weight, result.weight), (layer.S, result.S)]
+                projections.append(GLRAMResult(result.weight, result.S, result.objective,
+                                               result.iterations, result.converged))
+            for p in group["params"]:
+                if id(p) in projected or p.grad is None:
+                    continue
+                buffer = self.state[p].get("momentum_buffer")
+                new_p, new_buffer = _C.optim.sgd_update(p, p.grad, buffer, group["lr"],
+                                                        group["momentum"], group["weight_decay"])
+                commits.append((p, new_p))
+                if new_buffer is not None:
+                    buffers.append((p, new_buffer))
+        # Everything computed and finite: commit.
+        for target, value in commits:
+            target.copy_(value)
+        for p, buffer in buffers:
+            self.state[p]["momentum_buffer"] = buffer
+        self.last_projections = projections
+        return loss

@@ -1,0 +1,161 @@
+"""GLRAMSGD: the projected optimizer behind a plain torch.optim training loop."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from quadnet.linalg import glram
+from quadnet.nn import QuadraticLayer
+from quadnet.ops import canonical_form, canonical_gradient, quadratic_form
+from quadnet.optim import GLRAMSGD
+
+
+def test_one_step_equals_dense_reference():
+    layer = QuadraticLayer(12, 3, rank=2, bias=False).double()
+    W0, S0 = layer.weight.detach().clone(), layer.S.detach().clone()
+    x, target = torch.randn(5, 12, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    opt = GLRAMSGD(layer, lr=0.05, tol=0.0, max_iter=3)
+    opt.zero_grad()
+    (0.5 * ((layer(x) - target) ** 2).sum()).backward()
+    opt.step()
+    G = quadratic_form(x, W0, S0) - target
+    A = canonical_form(W0, S0) - 0.05 * canonical_gradient(x, G)
+    dense = glram(A, 2, init=W0, tol=0.0, max_iter=3)
+    torch.testing.assert_close(layer.canonical(), canonical_form(dense.weight, dense.S), rtol=0, atol=1e-8)
+
+
+def test_single_output_uses_exact_projection():
+    layer = QuadraticLayer(8, 1, rank=2, bias=False).double()
+    x = torch.randn(4, 8, dtype=torch.float64)
+    A_before = layer.canonical().detach()
+    opt = GLRAMSGD(layer.parameters(), lr=0.1)  # plain parameters: layer found from them
+    layer(x).sum().backward()
+    opt.step()
+    A = A_before - 0.1 * canonical_gradient(x, torch.ones(4, 1, dtype=torch.float64))
+    lam, vec = torch.linalg.eigh(A[0])
+    keep = lam.abs().argsort(descending=True)[:2]
+    best = (vec[:, keep] * lam[keep]) @ vec[:, keep].T
+    torch.testing.assert_close(layer.canonical()[0], best, rtol=0, atol=1e-10)
+    assert opt.last_projections[0].iterations == 0
+
+
+def digits():
+    from sklearn.datasets import load_digits
+    data = load_digits()
+    X = torch.tensor(data.data, dtype=torch.float32) / 16.0
+    return X, torch.tensor(data.target)
+
+
+def test_digits_training_lowers_loss_and_mixed_model_updates_all():
+    X, y = digits()
+    model = torch.nn.Sequential(QuadraticLayer(64, 16, rank=8), torch.nn.Linear(16, 10))
+    opt = GLRAMSGD(model, lr=0.05, momentum=0.9)
+    before = copy.deepcopy(model.state_dict())
+    first = None
+    for epoch in range(5):
+        for i in range(0, 1500, 100):
+            opt.zero_grad()
+            loss = F.cross_entropy(model(X[i:i + 100]), y[i:i + 100])
+            loss.backward()
+            opt.step()
+            first = first if first is not None else float(loss)
+    with torch.no_grad():
+        final = float(F.cross_entropy(model(X[:1500]), y[:1500]))
+        accuracy = float((model(X[1500:]).argmax(1) == y[1500:]).float().mean())
+    assert final < 0.5 * first
+    assert accuracy > 0.8
+    for name, value in model.state_dict().items():
+        assert not torch.equal(value, before[name]), name
+    # The projected layer stays on the model: orthonormal rows, symmetric S.
+    W = model[0].weight
+    torch.testing.assert_close(W @ W.T, torch.eye(8), rtol=0, atol=1e-5)
+    torch.testing.assert_close(model[0].S, model[0].S.transpose(1, 2), rtol=0, atol=1e-6)
+
+
+def test_layer_not_in_graph_is_untouched_and_split_optimizers():
+    used, unused = QuadraticLayer(6, 3, 2), QuadraticLayer(6, 3, 2)
+    head = torch.nn.Linear(3, 2)
+    quad_opt = GLRAMSGD(list(used.parameters()) + list(unused.parameters()), lr=0.1)
+    head_opt = torch.optim.Adam(head.parameters(), lr=0.01)
+    snapshot = copy.deepcopy(unused.state_dict())
+    w_before, head_before = used.weight.detach().clone(), head.weight.detach().clone()
+    head(used(torch.randn(4, 6))).sum().backward()
+    quad_opt.step()
+    head_opt.step()
+    assert not torch.equal(used.weight, w_before) and not torch.equal(head.weight, head_before)
+    for name, value in unused.state_dict().items():
+        assert torch.equal(value, snapshot[name])
+
+
+def test_nan_safety_leaves_parameters_and_state_untouched():
+    model = torch.nn.Sequential(QuadraticLayer(5, 3, 2), torch.nn.Linear(3, 2))
+    opt = GLRAMSGD(model, lr=0.1, momentum=0.9)
+    x = torch.randn(4, 5)
+    model(x).sum().backward()
+    opt.step()
+    params = copy.deepcopy(model.state_dict())
+    state = copy.deepcopy(opt.state_dict())
+    opt.zero_grad()
+    (model(x).sum() * float("nan")).backward()
+    with pytest.raises(RuntimeError, match="NaN or Inf"):
+        opt.step()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, params[name]), name
+    for key, value in opt.state_dict()["state"].items():
+        assert torch.equal(value["momentum_buffer"], state["state"][key]["momentum_buffer"])
+    # Exploding learning rate on a finite gradient: also refused.
+    for g in opt.param_groups:
+        g["lr"] = 1e300
+    opt.zero_grad()
+    (model(x).sum() * 1e30).backward()
+    with pytest.raises(RuntimeError):
+        opt.step()
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, params[name]), name
+
+
+def run(model, opt, batches, scheduler=None):
+    for x, y in batches:
+        def closure():
+            opt.zero_grad()
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            return loss
+        opt.step(closure)
+        if scheduler is not None:
+            scheduler.step()
+
+
+def test_state_dict_resume_is_bit_identical_with_scheduler_and_closure():
+    X, y = digits()
+    batches = [(X[i:i + 64], y[i:i + 64]) for i in range(0, 640, 64)]
+
+    def make():
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(QuadraticLayer(64, 12, 6), torch.nn.Linear(12, 10))
+        opt = GLRAMSGD(model, lr=0.05, momentum=0.5, weight_decay=1e-4)
+        return model, opt, torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+
+    model_a, opt_a, sched_a = make()
+    run(model_a, opt_a, batches, sched_a)
+
+    model_b, opt_b, sched_b = make()
+    run(model_b, opt_b, batches[:5], sched_b)
+    saved = copy.deepcopy((model_b.state_dict(), opt_b.state_dict(), sched_b.state_dict()))
+    model_c, opt_c, sched_c = make()
+    model_c.load_state_dict(saved[0])
+    opt_c.load_state_dict(saved[1])
+    sched_c.load_state_dict(saved[2])
+    run(model_c, opt_c, batches[5:], sched_c)
+    assert opt_c.param_groups[0]["lr"] == opt_a.param_groups[0]["lr"] < 0.05
+    for name, value in model_a.state_dict().items():
+        assert torch.equal(value, model_c.state_dict()[name]), name
+
+
+def test_invalid_arguments():
+    layer = QuadraticLayer(4, 2, 2)
+    with pytest.raises(ValueError, match="lr must be >= 0"):
+        GLRAMSGD(layer, lr=-1.0)
+    with pytest.raises(ValueError, match="momentum must be >= 0"):
+        GLRAMSGD(layer, lr=0.1, momentum=-0.5)
