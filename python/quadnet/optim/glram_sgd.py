@@ -2,6 +2,7 @@
 from typing import Callable, Iterable, Optional, Union
 
 import torch
+import torch.distributed as dist
 from torch.optim import Optimizer
 
 from .. import _C
@@ -26,6 +27,11 @@ class GLRAMSGD(Optimizer):
     get SGD with the group's ``momentum`` and ``weight_decay`` (their canonical space is
     themselves); momentum does not apply to the projected layers (a canonical momentum would
     need ``n·d²`` state).
+
+    Under ``torch.distributed`` (e.g. DDP) every rank projects the canonical gradient of the
+    *global* batch: ``X`` and ``G`` are all-gathered, and ``G`` is divided by the world size to
+    match DDP's gradient averaging, so ranks stay identical and equal a single process on the
+    concatenated batch (with a per-rank mean loss and equal per-rank batches).
 
     A step that would make any parameter NaN/Inf raises ``RuntimeError`` and changes no
     parameter or state. The update rules are the C++ ones (``quadnet::optim``).
@@ -83,6 +89,8 @@ class GLRAMSGD(Optimizer):
                 if id(layer.S) not in in_group:
                     raise ValueError("GLRAMSGD: a QuadraticLayer's weight and S must be in the same param group")
                 X, G = layer.take_captured()
+                if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                    X, G = _all_gather_batch(layer, X, G)
                 if X is None:
                     continue
                 result = _C.optim.quadratic_layer_step(layer.weight, layer.S, X, G, group["lr"],
@@ -106,3 +114,28 @@ class GLRAMSGD(Optimizer):
             self.state[p]["momentum_buffer"] = buffer
         self.last_projections = projections
         return loss
+
+
+def _all_gather_batch(layer: QuadraticLayer, X: Optional[torch.Tensor], G: Optional[torch.Tensor]):
+    """Concatenates every rank's (X, G) in rank order; G scaled by 1/world_size (DDP's mean)."""
+    world = dist.get_world_size()
+    like = layer.weight
+    if X is None:
+        X = like.new_zeros(0, layer.in_features)
+        G = like.new_zeros(0, layer.out_features)
+    size = torch.tensor([X.shape[0]], device=like.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    sizes = [int(s) for s in sizes]
+    longest = max(sizes)
+    if longest == 0:
+        return None, None
+    pad = longest - X.shape[0]
+    X = torch.cat([X, X.new_zeros(pad, X.shape[1])])
+    G = torch.cat([G, G.new_zeros(pad, G.shape[1])])
+    xs, gs = [torch.empty_like(X) for _ in range(world)], [torch.empty_like(G) for _ in range(world)]
+    dist.all_gather(xs, X.contiguous())
+    dist.all_gather(gs, G.contiguous())
+    X = torch.cat([x[:n] for x, n in zip(xs, sizes)])
+    G = torch.cat([g[:n] for g, n in zip(gs, sizes)]) / world
+    return X, G
