@@ -59,8 +59,13 @@ QuadraticPieces quadratic_pieces(const at::Tensor& x2d, const at::Tensor& weight
   return {H, Z};
 }
 
+// Batched mat-vecs (bmm) are quicker for few outputs, a fused multiply-sum over a B×n×r
+// temporary (the size of Z) for many (measured with benchmarks/bench_quadratic_form.py).
+constexpr int64_t kManyOutputs = 32;
+
 at::Tensor contract_outputs(const QuadraticPieces& p) {
-  // Y[b, i] = <Z[b, i, :], h_b>: a batched mat-vec, no B×n×r product temporary.
+  // Y[b, i] = <Z[b, i, :], h_b>
+  if (p.Z.size(1) >= kManyOutputs) return (p.Z * p.H.unsqueeze(1)).sum(2);
   return at::bmm(p.Z, p.H.unsqueeze(2)).squeeze(2);
 }
 
@@ -82,7 +87,7 @@ class QuadraticFormFunction : public torch::autograd::Function<QuadraticFormFunc
       pieces = quadratic_pieces(x2d, weight, S);
     }
     const auto& G = grad_outputs[0];  // B×n
-    auto dH = at::bmm(G.unsqueeze(1), pieces.Z).squeeze(1) * 2.0;  // 2 Σ_i G[b,i] S_i h_b
+    auto dH = (G.unsqueeze(2) * pieces.Z).sum(1) * 2.0;  // 2 Σ_i G[b,i] S_i h_b
     at::Tensor dx, dweight, dS;
     if (ctx->needs_input_grad(0)) dx = at::mm(dH, weight);
     if (ctx->needs_input_grad(1)) dweight = at::mm(dH.t(), x2d);
