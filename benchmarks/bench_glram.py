@@ -9,9 +9,7 @@ and the peak extra memory of each projection, measured in a fresh subprocess (ru
 Both projections run the same GLRAM settings (tol=1e-6, max_iter=100, warm start).
 """
 import argparse
-import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -20,6 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
 import quadnet  # noqa: E402
+from common import save_rows  # noqa: E402
 from quadnet.linalg import glram, projected_step  # noqa: E402
 from quadnet.ops import canonical_form, canonical_gradient  # noqa: E402
 
@@ -67,13 +66,21 @@ def peak_extra_bytes(variant, shape):
     return int(out.stdout.split()[-1])
 
 
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
 def measure(variant, shape):
     layer, X, G = problem(*shape)
     forward_backward(layer, X, G)  # touch allocator / BLAS buffers
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Reset the peak-RSS mark (Linux: "5" > clear_refs), then read VmHWM after the projection.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _status_kb("VmRSS")
     {"factored": factored, "dense": dense}[variant](layer, X, G)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print((after - before) * 1024)
+    peak = _status_kb("VmHWM")
+    print(max(0, peak - before) * 1024)
 
 
 def main():
@@ -114,10 +121,7 @@ def main():
         print(f"  peak extra memory factored {mem_f / 2**20:8.1f} MB   dense {mem_d / 2**20:8.1f} MB   "
               f"(n·d² float64 = {row['model_MB']['n_d2_float64']:.1f} MB, "
               f"d·k + n·k² float64 = {row['model_MB']['d_k_plus_n_k2_float64']:.1f} MB)")
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}, f, indent=2)
-    print(f"saved {args.json}")
+    save_rows(args.json, rows)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ weight (its natural parameterisation, d×d per output). Times are medians from o
 the ratios are taken within that run (the machine is shared: compare ratios, not seconds).
 """
 import argparse
-import json
 import os
 import sys
 
@@ -18,6 +17,7 @@ from torch.utils.benchmark import Timer
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
 import quadnet  # noqa: E402
+from common import save_rows  # noqa: E402
 
 SHAPES = [(64, 64, 8, 8), (256, 784, 32, 10), (1024, 256, 64, 64), (512, 900, 16, 100)]
 
@@ -87,10 +87,7 @@ def main():
         ms = {k: f"{v * 1e3:9.3f}ms" for k, v in t.items()}
         print(f"{str((B, d, r, n)):>18} {ms['quadnet']:>10} {ms['gemm']:>10} {ms['einsum']:>10} "
               f"{ms['bilinear']:>10} {row['best_pytorch_over_quadnet']:>10.2f}x {row['bilinear_over_quadnet']:>8.1f}x")
-    os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-    with open(args.json, "w") as f:
-        json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}, f, indent=2)
-    print(f"saved {args.json}")
+    save_rows(args.json, rows)
 
 
 if __name__ == "__main__":
