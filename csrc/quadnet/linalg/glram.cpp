@@ -24,10 +24,12 @@ at::Tensor top_subspace(const at::Tensor& P, int64_t r) {
   return std::get<1>(eig).narrow(1, P.size(0) - r, r).flip({1});
 }
 
-// Captured energy f(V) = Σ_i ||V^T A_i V||_F^2 for orthonormal V (d × r).
-double captured(const at::Tensor& A, const at::Tensor& V) {
-  return at::matmul(at::matmul(V.t(), A), V).square().sum().item<double>();
-}
+// The projected cores V^T A_i V (n × r × r) from AV = A V (n × d × r). Written (A_i V)^T V so
+// both products are 3-D × 2-D matmuls that fold into one GEMM (no broadcast copies of V).
+at::Tensor project(const at::Tensor& AV, const at::Tensor& V) { return at::matmul(AV.transpose(1, 2), V); }
+
+// Captured energy f(V) = Σ_i ||V^T A_i V||_F^2 for orthonormal V (d × r), given AV = A V.
+double captured(const at::Tensor& AV, const at::Tensor& V) { return project(AV, V).square().sum().item<double>(); }
 
 // Orthonormal basis of the row space of a warm-start weight (r × d), or undefined if the
 // weight is numerically rank deficient (then the classic start is better).
@@ -47,35 +49,41 @@ GLRAMResult glram_float64(const at::Tensor& A, int64_t r, at::Tensor V, const GL
   GLRAMResult result;
   std::vector<double> trace;
 
+  at::Tensor AV;
   if (n == 1) {  // exact: Eckart–Young by |λ|
     auto eig = at::linalg_eigh(A[0]);
     auto order = std::get<0>(eig).abs().argsort(/*dim=*/0, /*descending=*/true).narrow(0, 0, r);
     V = std::get<1>(eig).index_select(1, order);
-    trace.push_back(std::max(0.0, total - captured(A, V)));
+    AV = at::matmul(A, V);
+    trace.push_back(std::max(0.0, total - captured(AV, V)));
     result.converged = true;
   } else {
     if (!V.defined()) {
       // Classic start: top eigenvectors of Σ_i A_i A_i = [A_1 … A_n][A_1 … A_n]^T.
       V = top_subspace(A.permute({1, 0, 2}).reshape({d, n * d}), r);
     }
-    double f = captured(A, V);
+    AV = at::matmul(A, V);
+    double f = captured(AV, V);
     trace.push_back(std::max(0.0, total - f));
     for (int64_t it = 0; it < options.max_iter(); ++it) {
       // M = Σ_i A_i V V^T A_i = P P^T with P = [A_1 V … A_n V] (d × n·r).
-      auto P = at::matmul(A, V).permute({1, 0, 2}).reshape({d, n * r});
+      auto P = AV.permute({1, 0, 2}).reshape({d, n * r});
       auto V_new = top_subspace(P, r);
-      double f_new = captured(A, V_new);
+      auto AV_new = at::matmul(A, V_new);
+      double f_new = captured(AV_new, V_new);
       if (f_new < f) {
         // Convexified step: M + c V V^T with c ≥ −λ_min(Σ A_i ⊗ A_i) cannot lower f.
         auto shifted = at::cat({P, V * std::sqrt(total)}, 1);
         V_new = top_subspace(shifted, r);
-        f_new = captured(A, V_new);
+        AV_new = at::matmul(A, V_new);
+        f_new = captured(AV_new, V_new);
       }
       if (!(f_new >= f)) {  // only rounding can get here: keep the better subspace
         result.converged = true;
         break;
       }
       V = V_new;
+      AV = AV_new;
       ++result.iterations;
       const double gain = f_new - f;
       f = f_new;
@@ -86,7 +94,7 @@ GLRAMResult glram_float64(const at::Tensor& A, int64_t r, at::Tensor V, const GL
       }
     }
   }
-  auto S = at::matmul(at::matmul(V.t(), A), V);
+  auto S = project(AV, V);
   result.S = (S + S.transpose(1, 2)) * 0.5;
   result.weight = V.t();
   result.objective = at::tensor(trace, at::kDouble);
