@@ -159,3 +159,30 @@ def test_invalid_arguments():
         GLRAMSGD(layer, lr=-1.0)
     with pytest.raises(ValueError, match="momentum must be >= 0"):
         GLRAMSGD(layer, lr=0.1, momentum=-0.5)
+
+
+def test_stacked_quadratic_layers_each_projected_with_backprop_between():
+    X, y = digits()
+
+    class Block(torch.nn.Module):  # quadratic layer + linear skip (DESIGN §2)
+        def __init__(self, d, n, r):
+            super().__init__()
+            self.quad, self.skip = QuadraticLayer(d, n, r), torch.nn.Linear(d, n)
+
+        def forward(self, x):
+            return self.quad(x) + self.skip(x)
+
+    model = torch.nn.Sequential(Block(64, 20, 6), Block(20, 10, 4))
+    opt = GLRAMSGD(model, lr=0.05)  # degree-4 stack: lr 0.1 already diverges (refused step)
+    losses = []
+    for i in list(range(0, 1500, 100)) * 3:
+        opt.zero_grad()
+        loss = F.cross_entropy(model(X[i:i + 100]), y[i:i + 100])
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+        assert len(opt.last_projections) == 2  # both layers projected every step
+    assert sum(losses[-3:]) < 0.9 * sum(losses[:3])
+    for block in model:
+        W = block.quad.weight
+        torch.testing.assert_close(W @ W.T, torch.eye(W.shape[0]), rtol=0, atol=1e-5)
