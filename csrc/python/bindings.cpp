@@ -63,6 +63,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
             py::arg("momentum"), py::arg("weight_decay"));
 
   auto nn = m.def_submodule("nn", "module helpers");
+  nn.def("diagonal_parameters", &quadnet::nn::diagonal_parameters, py::arg("weight"), py::arg("S"));
   nn.def("init_quadratic_layer_",
          [](torch::Tensor weight, torch::Tensor S, c10::optional<torch::Tensor> bias) {
            auto b = bias.value_or(torch::Tensor());

@@ -107,3 +107,15 @@ TEST(Serialize, StateDictRoundTrip) {
 }
 
 }  // namespace
+
+namespace {
+TEST(QuadraticLayer, ToDiagonalHasIdenticalOutputs) {
+  torch::manual_seed(6);
+  quadnet::nn::QuadraticLayer layer(6, 3, 4);
+  layer->to(torch::kFloat64);
+  auto diagonal = quadnet::nn::to_diagonal(layer);
+  EXPECT_EQ(diagonal->options.rank(), 10);
+  auto x = torch::randn({5, 6}, torch::kFloat64);
+  EXPECT_TRUE(torch::allclose(diagonal->forward(x), layer->forward(x), 1e-12, 1e-12));
+}
+}  // namespace

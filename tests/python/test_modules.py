@@ -71,3 +71,14 @@ def test_training_step_updates_all_parameters():
 def test_invalid_sizes(cls):
     with pytest.raises(ValueError, match="rank must be positive"):
         cls(4, 3, 0)
+
+
+@pytest.mark.parametrize("rank", [1, 2, 5])
+def test_to_diagonal_has_identical_outputs(rank):
+    layer = QuadraticLayer(7, 3, rank).double()
+    with torch.no_grad():
+        layer.S.copy_(torch.randn(3, rank, rank, dtype=torch.float64))  # not symmetric: only sym part counts
+    diagonal = quadnet.nn.to_diagonal(layer)
+    assert isinstance(diagonal, DiagonalQuadraticLayer) and diagonal.rank == rank * (rank + 1) // 2
+    x = torch.randn(2, 9, 7, dtype=torch.float64)
+    torch.testing.assert_close(diagonal(x), layer(x), rtol=1e-12, atol=1e-12)

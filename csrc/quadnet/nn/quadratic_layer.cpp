@@ -156,5 +156,47 @@ int64_t DiagonalQuadraticLayerImpl::num_parameters() const {
          (options.bias() ? options.out_features() : 0);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Symmetric -> diagonal model
+
+std::pair<torch::Tensor, torch::Tensor> diagonal_parameters(const torch::Tensor& weight,
+                                                            const torch::Tensor& S) {
+  TORCH_CHECK(weight.dim() == 2, "diagonal_parameters: expected weight of shape (rank, in_features), got shape ",
+              weight.sizes());
+  const int64_t r = weight.size(0);
+  TORCH_CHECK(S.dim() == 3 && S.size(1) == r && S.size(2) == r,
+              "diagonal_parameters: expected S of shape (out_features, rank=", r, ", rank=", r,
+              "), got shape ", S.sizes());
+  auto S_sym = (S + S.transpose(1, 2)) * 0.5;
+  std::vector<torch::Tensor> rows, alphas;
+  for (int64_t i = 0; i < r; ++i) {
+    for (int64_t j = 0; j <= i; ++j) {
+      rows.push_back(weight[i] + weight[j]);  // (e_i + e_j)^T W
+      if (i != j) {
+        alphas.push_back(S_sym.select(1, i).select(1, j));  // B_ij adds 1 at (i,j) and (j,i)
+      } else {
+        // B_ii = 4 e_i e_i^T, and every B_ij (j ≠ i) adds 1 at (i, i).
+        auto off_diagonal = S_sym.select(1, i).sum(1) - S_sym.select(1, i).select(1, i);
+        alphas.push_back((S_sym.select(1, i).select(1, i) - off_diagonal) * 0.25);
+      }
+    }
+  }
+  return {torch::stack(rows), torch::stack(alphas, 1)};
+}
+
+DiagonalQuadraticLayer to_diagonal(const QuadraticLayer& layer) {
+  const auto& o = layer->options;
+  const int64_t neurons = o.rank() * (o.rank() + 1) / 2;
+  DiagonalQuadraticLayer diagonal(
+      DiagonalQuadraticLayerOptions(o.in_features(), o.out_features(), neurons).bias(o.bias()));
+  diagonal->to(layer->weight.scalar_type());
+  auto params = diagonal_parameters(layer->weight.detach(), layer->S.detach());
+  torch::NoGradGuard no_grad;
+  diagonal->weight.copy_(params.first);
+  diagonal->alpha.copy_(params.second);
+  if (o.bias()) diagonal->bias.copy_(layer->bias);
+  return diagonal;
+}
+
 }  // namespace nn
 }  // namespace quadnet

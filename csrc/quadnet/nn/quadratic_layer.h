@@ -94,6 +94,14 @@ class DiagonalQuadraticLayerImpl : public torch::nn::Cloneable<DiagonalQuadratic
 };
 TORCH_MODULE(DiagonalQuadraticLayer);
 
+// The constructive inclusion H_sym(d, r, n) ⊂ H_diag(d, r(r+1)/2, n) (DESIGN §1): with the
+// rank-1 basis (e_i + e_j)(e_i + e_j)^T, j ≤ i, of symmetric r×r matrices, returns the
+// (weight (r(r+1)/2, d), alpha (n, r(r+1)/2)) of a diagonal model with identical outputs.
+std::pair<torch::Tensor, torch::Tensor> diagonal_parameters(const torch::Tensor& weight, const torch::Tensor& S);
+
+// A DiagonalQuadraticLayer computing exactly what `layer` computes (bias copied).
+DiagonalQuadraticLayer to_diagonal(const QuadraticLayer& layer);
+
 namespace init {
 // Default initialisation shared by the C++ and Python modules (same RNG stream):
 // weight like nn.Linear (kaiming-uniform, a=√5), S_i symmetric with entries of

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from .. import _C
 
-__all__ = ["QuadraticLayer", "DiagonalQuadraticLayer"]
+__all__ = ["QuadraticLayer", "DiagonalQuadraticLayer", "to_diagonal"]
 
 # weight Parameter id -> its layer, so optimizers given plain parameters find the layers.
 _LAYER_OF_WEIGHT: "weakref.WeakValueDictionary[int, QuadraticLayer]" = weakref.WeakValueDictionary()
@@ -197,3 +197,24 @@ class DiagonalQuadraticLayer(torch.nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"rank={self.rank}, bias={self.bias is not None}")
+
+
+def to_diagonal(layer: QuadraticLayer) -> DiagonalQuadraticLayer:
+    r"""The constructive inclusion ``H_sym(d, r, n) ⊂ H_diag(d, r(r+1)/2, n)``.
+
+    Returns a :class:`DiagonalQuadraticLayer` with ``r(r+1)/2`` neurons computing exactly what
+    ``layer`` computes: neuron ``(i, j), j ≤ i`` has weight row ``w_i + w_j`` (the rank-1 basis
+    ``(e_i + e_j)(e_i + e_j)^T`` of symmetric ``r×r`` matrices), and ``alpha`` holds each
+    ``S_k``'s coordinates in that basis. Same dtype and device; bias copied.
+    """
+    r = layer.rank
+    diagonal = DiagonalQuadraticLayer(layer.in_features, layer.out_features, r * (r + 1) // 2,
+                                      bias=layer.bias is not None, device=layer.weight.device,
+                                      dtype=layer.weight.dtype)
+    with torch.no_grad():
+        weight, alpha = _C.nn.diagonal_parameters(layer.weight, layer.S)
+        diagonal.weight.copy_(weight)
+        diagonal.alpha.copy_(alpha)
+        if layer.bias is not None:
+            diagonal.bias.copy_(layer.bias)
+    return diagonal
