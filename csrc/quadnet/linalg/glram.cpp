@@ -8,10 +8,13 @@
 
 #include "../ops/quadratic_form.h"
 #include "../utils/checks.h"
+#include "../utils/symmetric.h"
 
 namespace quadnet {
 namespace linalg {
 namespace {
+
+using utils::symmetric_part;
 
 // Orthonormal basis (d × r) of the dominant r-dim left singular subspace of P (d × c):
 // the top eigenvectors of P P^T, from whichever of the two Gram sides is smaller.
@@ -94,8 +97,7 @@ GLRAMResult glram_float64(const at::Tensor& A, int64_t r, at::Tensor V, const GL
       }
     }
   }
-  auto S = project(AV, V);
-  result.S = (S + S.transpose(1, 2)) * 0.5;
+  result.S = symmetric_part(project(AV, V));
   result.weight = V.t();
   result.objective = at::tensor(trace, at::kDouble);
   return result;
@@ -138,7 +140,7 @@ GLRAMResult glram(const at::Tensor& A, int64_t rank, const GLRAMOptions& options
   const double asym = (A64 - A64.transpose(1, 2)).abs().max().item<double>();
   TORCH_CHECK(asym <= sym_tol * scale, op, ": A must be symmetric; max |A - A^T| = ", asym,
               " exceeds ", sym_tol, " x max(1, max |A|)");
-  A64 = (A64 + A64.transpose(1, 2)) * 0.5;
+  A64 = symmetric_part(A64);
 
   at::Tensor V;
   if (options.init().defined()) {
@@ -174,8 +176,7 @@ GLRAMResult projected_step(const at::Tensor& weight, const at::Tensor& S, const 
   }
 
   auto W64 = weight.to(at::kDouble), X64 = X.to(at::kDouble), G64 = G.to(at::kDouble);
-  auto S64 = S.to(at::kDouble);
-  S64 = (S64 + S64.transpose(1, 2)) * 0.5;
+  auto S64 = symmetric_part(S.to(at::kDouble));
   const auto k = r + X.size(0);
   if (k >= d) {  // the factored form brings nothing: materialise A
     auto A = canonical_form(W64, S64) - canonical_gradient(X64, G64) * lr;
@@ -186,8 +187,7 @@ GLRAMResult projected_step(const at::Tensor& weight, const at::Tensor& S, const 
   const auto& Q = std::get<0>(qr);  // d × k
   const auto& R = std::get<1>(qr);  // k × k
   auto R1 = R.narrow(1, 0, r), R2 = R.narrow(1, r, k - r);
-  auto cores = at::matmul(at::matmul(R1, S64), R1.t()) - canonical_gradient(R2.t(), G64) * lr;
-  cores = (cores + cores.transpose(1, 2)) * 0.5;
+  auto cores = symmetric_part(at::matmul(at::matmul(R1, S64), R1.t()) - canonical_gradient(R2.t(), G64) * lr);
   // The warm start W^T lies in range(Q): its core coordinates are Q^T W^T.
   auto result = glram_float64(cores, r, orthonormal_rows(at::mm(W64, Q)), options);
   result.weight = at::mm(result.weight, Q.t());  // (V^T) Q^T

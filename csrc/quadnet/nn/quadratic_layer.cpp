@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "../ops/quadratic_form.h"
+#include "../utils/symmetric.h"
 
 namespace quadnet {
 namespace nn {
@@ -26,7 +27,7 @@ void quadratic_layer_(torch::Tensor& weight, torch::Tensor& S, torch::Tensor& bi
   linear_weight_and_bias_(weight, bias);
   const double bound = 1.0 / static_cast<double>(S.size(-1));
   S.uniform_(-bound, bound);
-  S.copy_((S + S.transpose(-1, -2)) * 0.5);
+  S.copy_(utils::symmetric_part(S));
 }
 
 void diagonal_quadratic_layer_(torch::Tensor& weight, torch::Tensor& alpha, torch::Tensor& bias) {
@@ -167,7 +168,7 @@ std::pair<torch::Tensor, torch::Tensor> diagonal_parameters(const torch::Tensor&
   TORCH_CHECK(S.dim() == 3 && S.size(1) == r && S.size(2) == r,
               "diagonal_parameters: expected S of shape (out_features, rank=", r, ", rank=", r,
               "), got shape ", S.sizes());
-  auto S_sym = (S + S.transpose(1, 2)) * 0.5;
+  auto S_sym = utils::symmetric_part(S);
   std::vector<torch::Tensor> rows, alphas;
   for (int64_t i = 0; i < r; ++i) {
     for (int64_t j = 0; j <= i; ++j) {

@@ -4,14 +4,14 @@
 #include <torch/autograd.h>
 
 #include "../utils/checks.h"
+#include "../utils/symmetric.h"
 
 namespace quadnet {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
-
-at::Tensor symmetric_part(const at::Tensor& S) { return (S + S.transpose(-1, -2)) * 0.5; }
+using utils::symmetric_part;
 
 // weight (r, d) and the per-output coefficients: S (n, r, r) or alpha (n, r).
 void check_model_args(const at::Tensor& weight, const at::Tensor& coefficients, const char* op,
