@@ -31,8 +31,6 @@ at::Tensor top_subspace(const at::Tensor& P, int64_t r) {
 // both products are 3-D × 2-D matmuls that fold into one GEMM (no broadcast copies of V).
 at::Tensor project(const at::Tensor& AV, const at::Tensor& V) { return at::matmul(AV.transpose(1, 2), V); }
 
-// Captured energy f(V) = Σ_i ||V^T A_i V||_F^2 for orthonormal V (d × r), given AV = A V.
-double captured(const at::Tensor& AV, const at::Tensor& V) { return project(AV, V).square().sum().item<double>(); }
 
 // Orthonormal basis of the row space of a warm-start weight (r × d), or undefined if the
 // weight is numerically rank deficient (then the classic start is better).
@@ -44,63 +42,157 @@ at::Tensor orthonormal_rows(const at::Tensor& weight) {
   return std::get<0>(qr);
 }
 
-// GLRAM on float64 symmetric A (n, d, d); V0 (d × r) orthonormal or undefined.
-// Returns V (d × r) and fills the objective trace.
-GLRAMResult glram_float64(const at::Tensor& A, int64_t r, at::Tensor V, const GLRAMOptions& options) {
-  const auto n = A.size(0), d = A.size(1);
-  const double total = A.square().sum().item<double>();
+// GLRAM's alternating loop works on any representation of the matrices that offers, for an
+// orthonormal V (m × r), a `State at(V)` and:
+//   total()                  Σ_i ||A_i||_F^2
+//   captured(state)          f(V) = Σ_i ||V^T A_i V||_F^2
+//   top(state, r, shift)     top-r eigenvectors of Σ_i A_i V V^T A_i + shift · V V^T
+//   projected(state)         V^T A_i V (n × r × r)
+// Two representations: the explicit matrices (DenseMatrices) and the factored cores of a
+// projected step (FactoredCores), which never forms an n·k² tensor.
+
+// Explicit symmetric A (n, m, m).
+class DenseMatrices {
+ public:
+  struct State {
+    at::Tensor V, AV;  // AV = A V (n × m × r), reused between iterations
+  };
+  explicit DenseMatrices(at::Tensor A) : A_(std::move(A)), total_(A_.square().sum().item<double>()) {}
+
+  double total() const { return total_; }
+  State at(const at::Tensor& V) const { return {V, at::matmul(A_, V)}; }
+  double captured(const State& s) const { return project(s.AV, s.V).square().sum().item<double>(); }
+  at::Tensor projected(const State& s) const { return project(s.AV, s.V); }
+  at::Tensor top(const State& s, int64_t r, double shift) const {
+    // Σ_i A_i V V^T A_i = P P^T with P = [A_1 V … A_n V] (m × n·r).
+    const auto n = A_.size(0), m = A_.size(1);
+    auto P = s.AV.permute({1, 0, 2}).reshape({m, n * r});
+    if (shift > 0) P = at::cat({P, s.V * std::sqrt(shift)}, 1);
+    return top_subspace(P, r);
+  }
+  // Classic start: top eigenvectors of Σ_i A_i A_i = [A_1 … A_n][A_1 … A_n]^T.
+  at::Tensor classic_start(int64_t r) const {
+    const auto n = A_.size(0), m = A_.size(1);
+    return top_subspace(A_.permute({1, 0, 2}).reshape({m, n * m}), r);
+  }
+
+ private:
+  at::Tensor A_;
+  double total_;
+};
+
+// The cores of a projected step, K_i = R1 S_i R1^T − lr · R2 diag(G[:, i]) R2^T (k × k,
+// R = [R1 | R2] from the thin QR of [W^T | X^T]), kept as factors. With P1 = R1^T V and
+// P2 = R2^T V every quantity GLRAM needs costs O(n·r²·(r + B) + k³): K_i V = R Z_i with
+// Z_i = [S_i P1; −lr·diag(g_i) P2], so Σ_i K_i V V^T K_i = R (Σ_i Z_i Z_i^T) R^T, and
+// V^T K_i V = P1^T S_i P1 − lr · P2^T diag(g_i) P2.
+class FactoredCores {
+ public:
+  struct State {
+    at::Tensor V, P2, SP1, cores;  // SP1 = S_i P1 (n × r × r); cores = V^T K_i V
+  };
+  FactoredCores(at::Tensor R, at::Tensor S, at::Tensor G, double lr)
+      : R_(std::move(R)), S_(std::move(S)), G_(std::move(G)), lr_(lr), r_(S_.size(1)) {
+    auto R1 = R_.narrow(1, 0, r_), R2 = R_.narrow(1, r_, R_.size(1) - r_);
+    auto T11 = at::mm(R1.t(), R1), T12 = at::mm(R1.t(), R2), T22 = at::mm(R2.t(), R2);
+    GG_ = at::mm(G_, G_.t());  // B × B
+    // ||K_i||^2 = tr(S_i T11 S_i T11) − 2 lr Σ_b g_ib t_b^T S_i t_b + lr² g_i^T (T22∘T22) g_i,
+    // T = R^T R, t_b = T12[:, b].
+    auto TS = at::matmul(T11, S_);
+    auto first = (TS * TS.transpose(1, 2)).sum({1, 2});
+    auto cross = (at::matmul(S_, T12) * T12).sum(1);  // (n, B): t_b^T S_i t_b
+    auto middle = (cross * G_.t()).sum(1);
+    auto last = (at::mm(T22.square(), G_) * G_).sum(0);
+    total_ = (first - 2 * lr_ * middle + lr_ * lr_ * last).sum().item<double>();
+  }
+
+  double total() const { return total_; }
+  State at(const at::Tensor& V) const {
+    auto P1 = at::mm(R_.narrow(1, 0, r_).t(), V), P2 = at::mm(R_.narrow(1, r_, R_.size(1) - r_).t(), V);
+    auto SP1 = at::matmul(S_, P1);                                        // n × r × r
+    auto gP2 = G_.t().unsqueeze(2) * P2.unsqueeze(0);                     // n × B × r: diag(g_i) P2
+    auto cores = at::matmul(P1.t(), SP1) - at::matmul(P2.t(), gP2) * lr_;  // n × r × r
+    return {V, P2, SP1, symmetric_part(cores)};
+  }
+  double captured(const State& s) const { return s.cores.square().sum().item<double>(); }
+  at::Tensor projected(const State& s) const { return s.cores; }
+  at::Tensor top(const State& s, int64_t r, double shift) const {
+    const auto n = S_.size(0);
+    // N = Σ_i Z_i Z_i^T in blocks: N11 = Σ S_i P1 P1^T S_i, N12 = −lr Σ_i S_i P1 P2^T diag(g_i),
+    // N22 = lr² (P2 P2^T) ∘ (G G^T).
+    auto Y = s.SP1.permute({1, 0, 2}).reshape({r_, n * r_});
+    auto N11 = at::mm(Y, Y.t());
+    auto N12 = at::einsum("iab,bi->ab", {at::matmul(s.SP1, s.P2.t()), G_}) * (-lr_);
+    auto N22 = at::mm(s.P2, s.P2.t()) * GG_ * (lr_ * lr_);
+    auto N = at::cat({at::cat({N11, N12}, 1), at::cat({N12.t(), N22}, 1)}, 0);
+    auto M = at::mm(at::mm(R_, N), R_.t());
+    if (shift > 0) M = M + at::mm(s.V, s.V.t()) * shift;
+    auto eig = at::linalg_eigh(symmetric_part(M));  // ascending eigenvalues
+    return std::get<1>(eig).narrow(1, M.size(0) - r, r).flip({1});
+  }
+
+ private:
+  at::Tensor R_, S_, G_, GG_;
+  double lr_;
+  int64_t r_;
+  double total_ = 0;
+};
+
+// The alternating loop from an orthonormal start V (m × r). n == number of matrices.
+template <class Problem>
+GLRAMResult alternate(const Problem& problem, at::Tensor V, const GLRAMOptions& options) {
+  const auto r = V.size(1);
+  const double total = problem.total();
   GLRAMResult result;
   std::vector<double> trace;
+  auto state = problem.at(V);
+  double f = problem.captured(state);
+  trace.push_back(std::max(0.0, total - f));
+  for (int64_t it = 0; it < options.max_iter(); ++it) {
+    auto next = problem.at(problem.top(state, r, 0.0));
+    double f_new = problem.captured(next);
+    if (f_new < f) {
+      // Convexified step: M + c V V^T with c ≥ −λ_min(Σ A_i ⊗ A_i) cannot lower f.
+      next = problem.at(problem.top(state, r, total));
+      f_new = problem.captured(next);
+    }
+    if (!(f_new >= f)) {  // only rounding can get here: keep the better subspace
+      result.converged = true;
+      break;
+    }
+    state = next;
+    ++result.iterations;
+    const double gain = f_new - f;
+    f = f_new;
+    trace.push_back(std::max(0.0, total - f));
+    if (gain <= options.tol() * total) {
+      result.converged = true;
+      break;
+    }
+  }
+  result.S = symmetric_part(problem.projected(state));
+  result.weight = state.V.t();
+  result.objective = at::tensor(trace, at::kDouble);
+  return result;
+}
 
-  at::Tensor AV;
-  if (n == 1) {  // exact: Eckart–Young by |λ|
+// GLRAM on float64 symmetric A (n, d, d); V0 (d × r) orthonormal or undefined (classic start).
+GLRAMResult glram_float64(const at::Tensor& A, int64_t r, at::Tensor V, const GLRAMOptions& options) {
+  if (A.size(0) == 1) {  // exact: Eckart–Young by |λ|
+    const double total = A.square().sum().item<double>();
     auto eig = at::linalg_eigh(A[0]);
     auto order = std::get<0>(eig).abs().argsort(/*dim=*/0, /*descending=*/true).narrow(0, 0, r);
     V = std::get<1>(eig).index_select(1, order);
-    AV = at::matmul(A, V);
-    trace.push_back(std::max(0.0, total - captured(AV, V)));
+    auto S = project(at::matmul(A, V), V);
+    GLRAMResult result;
     result.converged = true;
-  } else {
-    if (!V.defined()) {
-      // Classic start: top eigenvectors of Σ_i A_i A_i = [A_1 … A_n][A_1 … A_n]^T.
-      V = top_subspace(A.permute({1, 0, 2}).reshape({d, n * d}), r);
-    }
-    AV = at::matmul(A, V);
-    double f = captured(AV, V);
-    trace.push_back(std::max(0.0, total - f));
-    for (int64_t it = 0; it < options.max_iter(); ++it) {
-      // M = Σ_i A_i V V^T A_i = P P^T with P = [A_1 V … A_n V] (d × n·r).
-      auto P = AV.permute({1, 0, 2}).reshape({d, n * r});
-      auto V_new = top_subspace(P, r);
-      auto AV_new = at::matmul(A, V_new);
-      double f_new = captured(AV_new, V_new);
-      if (f_new < f) {
-        // Convexified step: M + c V V^T with c ≥ −λ_min(Σ A_i ⊗ A_i) cannot lower f.
-        auto shifted = at::cat({P, V * std::sqrt(total)}, 1);
-        V_new = top_subspace(shifted, r);
-        AV_new = at::matmul(A, V_new);
-        f_new = captured(AV_new, V_new);
-      }
-      if (!(f_new >= f)) {  // only rounding can get here: keep the better subspace
-        result.converged = true;
-        break;
-      }
-      V = V_new;
-      AV = AV_new;
-      ++result.iterations;
-      const double gain = f_new - f;
-      f = f_new;
-      trace.push_back(std::max(0.0, total - f));
-      if (gain <= options.tol() * total) {
-        result.converged = true;
-        break;
-      }
-    }
+    result.S = symmetric_part(S);
+    result.weight = V.t();
+    result.objective = at::tensor({std::max(0.0, total - S.square().sum().item<double>())}, at::kDouble);
+    return result;
   }
-  result.S = symmetric_part(project(AV, V));
-  result.weight = V.t();
-  result.objective = at::tensor(trace, at::kDouble);
-  return result;
+  DenseMatrices problem(A);
+  return alternate(problem, V.defined() ? V : problem.classic_start(r), options);
 }
 
 void check_finite(const char* op, const char* name, const at::Tensor& t) {
@@ -186,10 +278,16 @@ GLRAMResult projected_step(const at::Tensor& weight, const at::Tensor& S, const 
   auto qr = at::linalg_qr(at::cat({W64.t(), X64.t()}, 1), "reduced");
   const auto& Q = std::get<0>(qr);  // d × k
   const auto& R = std::get<1>(qr);  // k × k
-  auto R1 = R.narrow(1, 0, r), R2 = R.narrow(1, r, k - r);
-  auto cores = symmetric_part(at::matmul(at::matmul(R1, S64), R1.t()) - canonical_gradient(R2.t(), G64) * lr);
   // The warm start W^T lies in range(Q): its core coordinates are Q^T W^T.
-  auto result = glram_float64(cores, r, orthonormal_rows(at::mm(W64, Q)), options);
+  auto V0 = orthonormal_rows(at::mm(W64, Q));
+  GLRAMResult result;
+  if (n > 1 && V0.defined()) {
+    result = alternate(FactoredCores(R, S64, G64, lr), V0, options);
+  } else {  // exact single output, or the classic start: the k × k cores themselves
+    auto R1 = R.narrow(1, 0, r), R2 = R.narrow(1, r, k - r);
+    auto cores = symmetric_part(at::matmul(at::matmul(R1, S64), R1.t()) - canonical_gradient(R2.t(), G64) * lr);
+    result = glram_float64(cores, r, V0, options);
+  }
   result.weight = at::mm(result.weight, Q.t());  // (V^T) Q^T
   return cast_result(result, weight);
 }

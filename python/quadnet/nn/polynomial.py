@@ -1,0 +1,132 @@
+"""Deep polynomial networks: quadratic layers stacked with linear skips (DESIGN §2)."""
+from typing import List, Sequence
+
+import torch
+from torch import Tensor
+
+from .quadratic import QuadraticLayer
+
+__all__ = ["PolynomialBlock", "DeepPolynomialNet"]
+
+
+class PolynomialBlock(torch.nn.Module):
+    r"""One degree-2 block ``y = Quad(x) + Linear(x)``: a quadratic layer with a linear skip.
+
+    ``y_i = (W x)^T S_i (W x) + (L x)_i + b_i``. The fully connected skip ``L`` keeps the
+    lower-degree monomials, so ``L`` stacked blocks hold every monomial of degree ``≤ 2^L``
+    (DESIGN §2). The quadratic part is a :class:`QuadraticLayer` (so ``GLRAMSGD`` projects
+    it); the skip is an ``nn.Linear`` without bias (the quadratic layer holds the bias).
+
+    Args:
+        in_features: size ``d`` of each input sample.
+        out_features: number of outputs ``n``.
+        rank: hidden rank ``r`` of the quadratic layer.
+        skip: if ``False``, no linear skip (a pure quadratic layer: degree exactly 2).
+        bias: if ``False``, no additive bias.
+
+    Shape:
+        - Input: ``(*, in_features)``.
+        - Output: ``(*, out_features)``.
+
+    Attributes:
+        quadratic: the :class:`QuadraticLayer` ``(in_features → out_features, rank)``.
+        skip: ``nn.Linear(in_features, out_features, bias=False)`` or ``None``.
+    """
+
+    __constants__ = ["in_features", "out_features", "rank"]
+    in_features: int
+    out_features: int
+    rank: int
+    __jit_unused_properties__ = ["degree"]
+
+    def __init__(self, in_features: int, out_features: int, rank: int, skip: bool = True,
+                 bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.quadratic = QuadraticLayer(in_features, out_features, rank, bias=bias, **factory)
+        if skip:
+            self.skip = torch.nn.Linear(in_features, out_features, bias=False, **factory)
+        else:
+            self.register_module("skip", None)
+
+    def reset_parameters(self) -> None:
+        self.quadratic.reset_parameters()
+        if self.skip is not None:
+            self.skip.reset_parameters()
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = self.quadratic(x)
+        if self.skip is not None:
+            y = y + self.skip(x)
+        return y
+
+    @property
+    def degree(self) -> int:
+        """Polynomial degree of the block in its input: 2."""
+        return 2
+
+    def num_parameters(self) -> int:
+        """Free parameters (each symmetric ``S_i`` counted once)."""
+        return self.quadratic.num_parameters() + (self.skip.weight.numel() if self.skip is not None else 0)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"rank={self.rank}, skip={self.skip is not None}")
+
+
+class DeepPolynomialNet(torch.nn.Sequential):
+    r"""A stack of :class:`PolynomialBlock`\ s: a polynomial of degree ``2^L`` in the input.
+
+    ``sizes = [d_0, d_1, …, d_L]`` gives ``L`` blocks ``d_{t-1} → d_t`` with quadratic ranks
+    ``ranks[t-1]``; no nonlinearity other than the quadratic forms. An ``nn.Sequential``, so
+    blocks are ``net[0] … net[L-1]`` and the state-dict names are those of the C++
+    ``quadnet::nn::DeepPolynomialNet`` (``0.quadratic.weight``, ``0.skip.weight``, …).
+
+    Args:
+        sizes: layer widths, input first (at least two entries).
+        ranks: one rank per block (``len(sizes) - 1`` entries), or a single int for all.
+        skip: linear skips in every block (default ``True``: all monomials up to ``2^L``).
+        bias: biases in every block.
+
+    Shape:
+        - Input: ``(*, sizes[0])``.
+        - Output: ``(*, sizes[-1])``.
+
+    Example::
+
+        >>> net = quadnet.nn.DeepPolynomialNet([784, 64, 10], ranks=[32, 16])
+        >>> net.degree, net.num_parameters()
+        (4, ...)
+    """
+
+    __jit_unused_properties__ = ["degree"]
+
+    def __init__(self, sizes: Sequence[int], ranks, skip: bool = True, bias: bool = True,
+                 device=None, dtype=None) -> None:
+        sizes = list(sizes)
+        if len(sizes) < 2:
+            raise ValueError(f"DeepPolynomialNet: sizes needs at least 2 entries (input, output), got {sizes}")
+        if isinstance(ranks, int):
+            ranks = [ranks] * (len(sizes) - 1)
+        ranks = list(ranks)
+        if len(ranks) != len(sizes) - 1:
+            raise ValueError(f"DeepPolynomialNet: ranks needs len(sizes) - 1 = {len(sizes) - 1} entries, "
+                             f"got {len(ranks)}")
+        blocks: List[torch.nn.Module] = [
+            PolynomialBlock(d_in, d_out, r, skip=skip, bias=bias, device=device, dtype=dtype)
+            for d_in, d_out, r in zip(sizes[:-1], sizes[1:], ranks)]
+        super().__init__(*blocks)
+        self.sizes, self.ranks, self.skip = sizes, ranks, skip
+
+    @property
+    def degree(self) -> int:
+        """Polynomial degree in the input: ``2^L`` for ``L`` blocks."""
+        return 2 ** len(self)
+
+    def num_parameters(self) -> int:
+        """Free parameters of all blocks (each symmetric ``S_i`` counted once)."""
+        return sum(block.num_parameters() for block in self)
+
+    def extra_repr(self) -> str:
+        return f"sizes={self.sizes}, ranks={self.ranks}, skip={self.skip}, degree={self.degree}"
