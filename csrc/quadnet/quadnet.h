@@ -4,6 +4,7 @@
 // to TorchScript models as torch.ops.quadnet.*.
 
 #include "linalg/glram.h"
+#include "nn/polynomial.h"
 #include "nn/quadratic_layer.h"
 #include "ops/quadratic_form.h"
 #include "optim/glram_sgd.h"

@@ -1,0 +1,90 @@
+#include "polynomial.h"
+
+#include <c10/util/Exception.h>
+
+#include <string>
+
+namespace quadnet {
+namespace nn {
+
+// ---------------------------------------------------------------------------------------------
+// PolynomialBlock
+
+PolynomialBlockImpl::PolynomialBlockImpl(const PolynomialBlockOptions& options_) : options(options_) { reset(); }
+
+void PolynomialBlockImpl::reset() {
+  // Same construction order as Python (quadratic, then skip): same RNG stream, same init.
+  quadratic = register_module(
+      "quadratic", QuadraticLayer(QuadraticLayerOptions(options.in_features(), options.out_features(),
+                                                        options.rank())
+                                      .bias(options.bias())));
+  if (options.skip()) {
+    skip = register_module(
+        "skip", torch::nn::Linear(torch::nn::LinearOptions(options.in_features(), options.out_features()).bias(false)));
+  } else {
+    skip = nullptr;
+  }
+}
+
+void PolynomialBlockImpl::reset_parameters() {
+  quadratic->reset_parameters();
+  if (skip) skip->reset_parameters();
+}
+
+void PolynomialBlockImpl::pretty_print(std::ostream& stream) const {
+  stream << "quadnet::nn::PolynomialBlock(in_features=" << options.in_features()
+         << ", out_features=" << options.out_features() << ", rank=" << options.rank()
+         << ", skip=" << (options.skip() ? "true" : "false") << ")";
+}
+
+torch::Tensor PolynomialBlockImpl::forward(const torch::Tensor& x) {
+  auto y = quadratic->forward(x);
+  return skip ? y + skip->forward(x) : y;
+}
+
+int64_t PolynomialBlockImpl::num_parameters() const {
+  return quadratic->num_parameters() + (skip ? skip->weight.numel() : 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// DeepPolynomialNet
+
+DeepPolynomialNetImpl::DeepPolynomialNetImpl(const DeepPolynomialNetOptions& options_) : options(options_) {
+  reset();
+}
+
+void DeepPolynomialNetImpl::reset() {
+  const auto& sizes = options.sizes();
+  const auto& ranks = options.ranks();
+  TORCH_CHECK(sizes.size() >= 2, "DeepPolynomialNet: sizes needs at least 2 entries (input, output), got ",
+              sizes.size());
+  TORCH_CHECK(ranks.size() == sizes.size() - 1, "DeepPolynomialNet: ranks needs sizes.size() - 1 = ",
+              sizes.size() - 1, " entries, got ", ranks.size());
+  blocks.clear();
+  for (size_t t = 0; t + 1 < sizes.size(); ++t) {
+    auto block_options = PolynomialBlockOptions(sizes[t], sizes[t + 1], ranks[t]).skip(options.skip()).bias(options.bias());
+    blocks.push_back(register_module(std::to_string(t), PolynomialBlock(block_options)));
+  }
+}
+
+void DeepPolynomialNetImpl::pretty_print(std::ostream& stream) const {
+  stream << "quadnet::nn::DeepPolynomialNet(sizes=" << torch::IntArrayRef(options.sizes())
+         << ", ranks=" << torch::IntArrayRef(options.ranks()) << ", skip=" << (options.skip() ? "true" : "false")
+         << ", degree=" << degree() << ")";
+}
+
+torch::Tensor DeepPolynomialNetImpl::forward(torch::Tensor x) {
+  for (auto& block : blocks) x = block->forward(x);
+  return x;
+}
+
+int64_t DeepPolynomialNetImpl::degree() const { return int64_t{1} << blocks.size(); }
+
+int64_t DeepPolynomialNetImpl::num_parameters() const {
+  int64_t total = 0;
+  for (const auto& block : blocks) total += block->num_parameters();
+  return total;
+}
+
+}  // namespace nn
+}  // namespace quadnet

@@ -1,0 +1,86 @@
+#pragma once
+// Deep polynomial networks (DESIGN §2): quadratic layers stacked with linear skips.
+// Parameter names match quadnet.nn.PolynomialBlock / DeepPolynomialNet in Python.
+
+#include <torch/arg.h>
+#include <torch/nn/cloneable.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+
+#include <ostream>
+#include <vector>
+
+#include "quadratic_layer.h"
+
+namespace quadnet {
+namespace nn {
+
+struct PolynomialBlockOptions {
+  PolynomialBlockOptions(int64_t in_features, int64_t out_features, int64_t rank)
+      : in_features_(in_features), out_features_(out_features), rank_(rank) {}
+  TORCH_ARG(int64_t, in_features);
+  TORCH_ARG(int64_t, out_features);
+  TORCH_ARG(int64_t, rank);
+  TORCH_ARG(bool, skip) = true;
+  TORCH_ARG(bool, bias) = true;
+};
+
+// y = Quad(x) + L x: a QuadraticLayer ("quadratic") with a bias-free linear skip ("skip"),
+// so L stacked blocks hold every monomial of degree ≤ 2^L. Submodules: quadratic, skip.
+class PolynomialBlockImpl : public torch::nn::Cloneable<PolynomialBlockImpl> {
+ public:
+  PolynomialBlockImpl(int64_t in_features, int64_t out_features, int64_t rank)
+      : PolynomialBlockImpl(PolynomialBlockOptions(in_features, out_features, rank)) {}
+  explicit PolynomialBlockImpl(const PolynomialBlockOptions& options);
+
+  void reset() override;
+  void reset_parameters();
+  void pretty_print(std::ostream& stream) const override;
+
+  // x (..., in_features) -> (..., out_features)
+  torch::Tensor forward(const torch::Tensor& x);
+  int64_t degree() const { return 2; }
+  // Free parameters (each symmetric S_i counted once).
+  int64_t num_parameters() const;
+
+  PolynomialBlockOptions options;
+  QuadraticLayer quadratic{nullptr};
+  torch::nn::Linear skip{nullptr};  // null when options.skip() is false
+};
+TORCH_MODULE(PolynomialBlock);
+
+struct DeepPolynomialNetOptions {
+  // sizes: widths, input first (≥ 2 entries); ranks: one per block (sizes.size() − 1).
+  DeepPolynomialNetOptions(std::vector<int64_t> sizes, std::vector<int64_t> ranks)
+      : sizes_(std::move(sizes)), ranks_(std::move(ranks)) {}
+  TORCH_ARG(std::vector<int64_t>, sizes);
+  TORCH_ARG(std::vector<int64_t>, ranks);
+  TORCH_ARG(bool, skip) = true;
+  TORCH_ARG(bool, bias) = true;
+};
+
+// L = sizes.size() − 1 PolynomialBlocks, registered as "0" … "L-1" (the names of Python's
+// nn.Sequential-based DeepPolynomialNet): a polynomial of degree 2^L in the input.
+class DeepPolynomialNetImpl : public torch::nn::Cloneable<DeepPolynomialNetImpl> {
+ public:
+  DeepPolynomialNetImpl(std::vector<int64_t> sizes, std::vector<int64_t> ranks)
+      : DeepPolynomialNetImpl(DeepPolynomialNetOptions(std::move(sizes), std::move(ranks))) {}
+  explicit DeepPolynomialNetImpl(const DeepPolynomialNetOptions& options);
+
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+
+  // x (..., sizes.front()) -> (..., sizes.back())
+  torch::Tensor forward(torch::Tensor x);
+  int64_t degree() const;
+  int64_t num_parameters() const;
+  size_t size() const { return blocks.size(); }
+  PolynomialBlock& operator[](size_t index) { return blocks.at(index); }
+
+  DeepPolynomialNetOptions options;
+  std::vector<PolynomialBlock> blocks;
+};
+TORCH_MODULE(DeepPolynomialNet);
+
+}  // namespace nn
+}  // namespace quadnet

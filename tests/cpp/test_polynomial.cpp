@@ -1,0 +1,79 @@
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <quadnet/quadnet.h>
+
+#include <string>
+#include <vector>
+
+namespace {
+
+using quadnet::nn::DeepPolynomialNet;
+using quadnet::nn::DeepPolynomialNetOptions;
+using quadnet::nn::PolynomialBlock;
+
+TEST(PolynomialBlock, IsQuadraticPlusLinearSkip) {
+  torch::manual_seed(0);
+  PolynomialBlock block(5, 3, 2);
+  block->to(torch::kFloat64);
+  auto x = torch::randn({4, 5}, torch::kFloat64);
+  auto expected = quadnet::quadratic_form(x, block->quadratic->weight, block->quadratic->S) +
+                  block->quadratic->bias + torch::mm(x, block->skip->weight.t());
+  EXPECT_TRUE(torch::allclose(block->forward(x), expected, 1e-12, 1e-12));
+  EXPECT_EQ(block->num_parameters(), 2 * 5 + 3 * 3 + 3 + 3 * 5);
+
+  PolynomialBlock no_skip(quadnet::nn::PolynomialBlockOptions(5, 3, 2).skip(false));
+  EXPECT_FALSE(no_skip->skip);
+  EXPECT_EQ(no_skip->num_parameters(), 2 * 5 + 3 * 3 + 3);
+}
+
+TEST(DeepPolynomialNet, NamesDegreeCountAndForward) {
+  torch::manual_seed(1);
+  DeepPolynomialNet net(std::vector<int64_t>{6, 4, 3}, std::vector<int64_t>{3, 2});
+  std::vector<std::string> names;
+  for (const auto& item : net->named_parameters()) names.push_back(item.key());
+  EXPECT_EQ(names, (std::vector<std::string>{"0.quadratic.weight", "0.quadratic.S", "0.quadratic.bias",
+                                             "0.skip.weight", "1.quadratic.weight", "1.quadratic.S",
+                                             "1.quadratic.bias", "1.skip.weight"}));
+  EXPECT_EQ(net->degree(), 4);
+  EXPECT_EQ(net->num_parameters(), net[0]->num_parameters() + net[1]->num_parameters());
+  auto x = torch::randn({5, 6});
+  EXPECT_TRUE(torch::equal(net->forward(x), net[1]->forward(net[0]->forward(x))));
+}
+
+TEST(DeepPolynomialNet, GradientsReachEveryParameter) {
+  torch::manual_seed(2);
+  DeepPolynomialNet net(std::vector<int64_t>{6, 4, 4, 2}, std::vector<int64_t>{3, 2, 2});
+  net->forward(torch::randn({8, 6})).square().sum().backward();
+  for (const auto& item : net->named_parameters()) {
+    ASSERT_TRUE(item.value().grad().defined()) << item.key();
+    EXPECT_GT(item.value().grad().abs().sum().item<double>(), 0) << item.key();
+  }
+}
+
+TEST(DeepPolynomialNet, GLRAMSGDLowersTheLoss) {
+  torch::manual_seed(3);
+  DeepPolynomialNet net(std::vector<int64_t>{6, 5, 3}, std::vector<int64_t>{3, 2});
+  quadnet::optim::GLRAMSGD opt(*net, quadnet::optim::GLRAMSGDOptions(0.1).max_iter(5));
+  auto x = torch::randn({64, 6}), target = torch::randint(0, 3, {64});
+  auto loss = [&] { return torch::nn::functional::cross_entropy(net->forward(x), target); };
+  const double initial = loss().item<double>();
+  for (int step = 0; step < 100; ++step) {
+    opt.zero_grad();
+    loss().backward();
+    opt.step();
+  }
+  EXPECT_LT(loss().item<double>(), 0.7 * initial);
+}
+
+TEST(DeepPolynomialNet, BadSizesAreRejected) {
+  EXPECT_THROW(DeepPolynomialNet(std::vector<int64_t>{6}, std::vector<int64_t>{}), c10::Error);
+  try {
+    DeepPolynomialNet(std::vector<int64_t>{6, 4, 3}, std::vector<int64_t>{3});
+    FAIL() << "expected an error";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("ranks needs sizes.size() - 1 = 2 entries, got 1"), std::string::npos);
+  }
+}
+
+}  // namespace
