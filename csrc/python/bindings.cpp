@@ -61,6 +61,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
             },
             py::arg("param"), py::arg("grad"), py::arg("momentum_buffer"), py::arg("lr"),
             py::arg("momentum"), py::arg("weight_decay"));
+  optim.def("end_to_end_direction", &quadnet::optim::end_to_end_direction, py::arg("weight"), py::arg("grad"),
+            py::arg("depth"));
+  optim.def("end_to_end_update", &quadnet::optim::end_to_end_update, py::arg("weight"), py::arg("grad"),
+            py::arg("lr"), py::arg("depth"));
 
   auto nn = m.def_submodule("nn", "module helpers");
   nn.def("diagonal_parameters", &quadnet::nn::diagonal_parameters, py::arg("weight"), py::arg("S"));
@@ -76,4 +80,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            quadnet::nn::init::diagonal_quadratic_layer_(weight, alpha, b);
          },
          py::arg("weight"), py::arg("alpha"), py::arg("bias"));
+  nn.def("balanced_factors", &quadnet::nn::balanced_factors, py::arg("matrix"), py::arg("depth"), py::arg("width"));
+  nn.def("init_factors",
+         [](int64_t in_features, int64_t out_features, int64_t depth, int64_t width, const std::string& init,
+            double init_scale) {
+           return quadnet::nn::init_factors(in_features, out_features, depth, width, init, init_scale);
+         },
+         py::arg("in_features"), py::arg("out_features"), py::arg("depth"), py::arg("width"), py::arg("init"),
+         py::arg("init_scale"));
 }

@@ -4,8 +4,10 @@
 // to TorchScript models as torch.ops.quadnet.*.
 
 #include "linalg/glram.h"
+#include "nn/overparam_linear.h"
 #include "nn/polynomial.h"
 #include "nn/quadratic_layer.h"
 #include "ops/quadratic_form.h"
+#include "optim/end_to_end_sgd.h"
 #include "optim/glram_sgd.h"
 #include "serialize/state_dict.h"
