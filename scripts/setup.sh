@@ -10,7 +10,7 @@ cd "$ROOT"
 
 PACKAGES=(g++ cmake ninja-build ccache libtorch-dev python3-torch python3-dev python3-venv
           python3-pybind11 pybind11-dev libgtest-dev libbenchmark-dev python3-pytest python3-numpy
-          libopenblas0-pthread python3-sklearn python3-matplotlib dataset-fashion-mnist)
+          libopenblas0-pthread python3-sklearn python3-matplotlib dataset-fashion-mnist zlib1g-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

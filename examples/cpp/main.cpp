@@ -5,8 +5,13 @@
 //       whose quadratic layers call torch.ops.quadnet.*, and runs it on INPUT's tensor.
 //   quadnet_app state-dict SPEC WEIGHTS.pt INPUT.pt OUTPUT.pt
 //       Builds a torch::nn::Sequential of quadnet C++ modules from SPEC, e.g.
-//       "quadratic:8:6:3,diagonal:6:4:2" (kind:in:out:rank, with bias), loads weights saved
-//       in Python by quadnet.save_state_dict(model, path) and runs it.
+//       "quadratic:8:6:3,diagonal:6:4:2,polynomial:4:4:2,overparam:4:2:3" (kind:in:out:rank,
+//       or kind:in:out:depth for overparam; all with bias), loads weights saved in Python by
+//       quadnet.save_state_dict(model, path) and runs it.
+//   quadnet_app classify MODEL.pt IMAGES.gz LABELS.gz PREDICTIONS.pt
+//       Loads a scripted classifier taking (N, 784) pixels in [0, 1], classifies the images
+//       of an MNIST-format idx file pair (e.g. Fashion-MNIST's t10k-*-idx*-ubyte.gz), prints
+//       the accuracy and writes the predicted classes (int64, N).
 //
 // INPUT.pt holds a tensor saved with torch.save; OUTPUT.pt is written for torch.load.
 #include <torch/script.h>
@@ -14,6 +19,9 @@
 
 #include <quadnet/quadnet.h>
 
+#include <zlib.h>
+
+#include <cstdint>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -36,6 +44,32 @@ void save_tensor(const torch::Tensor& t, const std::string& path) {
   std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
+// An idx file (MNIST format), gzip-compressed: returns its dimensions and raw uint8 payload.
+std::pair<std::vector<int64_t>, std::vector<uint8_t>> read_idx_gz(const std::string& path) {
+  gzFile file = gzopen(path.c_str(), "rb");
+  if (!file) throw std::runtime_error("cannot open " + path);
+  std::vector<uint8_t> bytes;
+  uint8_t buffer[1 << 16];
+  for (int n; (n = gzread(file, buffer, sizeof buffer)) > 0;) bytes.insert(bytes.end(), buffer, buffer + n);
+  gzclose(file);
+  if (bytes.size() < 4 || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08) {
+    throw std::runtime_error(path + " is not an idx file of unsigned bytes");
+  }
+  const int ndim = bytes[3];
+  std::vector<int64_t> dims;
+  for (int i = 0; i < ndim; ++i) {
+    const uint8_t* p = bytes.data() + 4 + 4 * i;
+    dims.push_back((int64_t(p[0]) << 24) | (int64_t(p[1]) << 16) | (int64_t(p[2]) << 8) | int64_t(p[3]));
+  }
+  return {dims, std::vector<uint8_t>(bytes.begin() + 4 + 4 * ndim, bytes.end())};
+}
+
+torch::Tensor idx_tensor(const std::string& path) {
+  auto idx = read_idx_gz(path);
+  auto t = torch::from_blob(idx.second.data(), {static_cast<int64_t>(idx.second.size())}, torch::kUInt8).clone();
+  return t.reshape(idx.first);
+}
+
 std::vector<std::string> split(const std::string& text, char separator) {
   std::vector<std::string> parts;
   std::stringstream stream(text);
@@ -53,6 +87,10 @@ torch::nn::Sequential build_from_spec(const std::string& spec) {
       model->push_back(quadnet::nn::QuadraticLayer(in, out, rank));
     } else if (f[0] == "diagonal") {
       model->push_back(quadnet::nn::DiagonalQuadraticLayer(in, out, rank));
+    } else if (f[0] == "polynomial") {
+      model->push_back(quadnet::nn::PolynomialBlock(in, out, rank));
+    } else if (f[0] == "overparam") {
+      model->push_back(quadnet::nn::OverparamLinear(in, out, /*depth=*/rank));
     } else {
       throw std::runtime_error("unknown layer kind '" + f[0] + "'");
     }
@@ -62,7 +100,8 @@ torch::nn::Sequential build_from_spec(const std::string& spec) {
 
 int usage() {
   std::cerr << "usage: quadnet_app script MODEL.pt INPUT.pt OUTPUT.pt\n"
-               "       quadnet_app state-dict SPEC WEIGHTS.pt INPUT.pt OUTPUT.pt\n";
+               "       quadnet_app state-dict SPEC WEIGHTS.pt INPUT.pt OUTPUT.pt\n"
+               "       quadnet_app classify MODEL.pt IMAGES.gz LABELS.gz PREDICTIONS.pt\n";
   return 2;
 }
 
@@ -83,6 +122,16 @@ int main(int argc, char** argv) {
       auto x = load_tensor(args[3]);
       model->to(x.scalar_type());
       save_tensor(model->forward(x), args[4]);
+    } else if (args[0] == "classify" && args.size() == 5) {
+      auto model = torch::jit::load(args[1]);
+      model.eval();
+      auto images = idx_tensor(args[2]);
+      auto labels = idx_tensor(args[3]).to(torch::kInt64);
+      auto x = images.reshape({images.size(0), -1}).to(torch::kFloat32) / 255.0;
+      auto predictions = model.forward({x}).toTensor().argmax(1);
+      const double accuracy = predictions.eq(labels).to(torch::kDouble).mean().item<double>();
+      std::cout << "classified " << x.size(0) << " images: accuracy " << accuracy << "\n";
+      save_tensor(predictions, args[4]);
     } else {
       return usage();
     }

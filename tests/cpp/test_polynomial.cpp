@@ -77,3 +77,23 @@ TEST(DeepPolynomialNet, BadSizesAreRejected) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(DeepPolynomialNet, NormOnEveryBlockButTheLastMatchesPythonNames) {
+  torch::manual_seed(4);
+  DeepPolynomialNet net(DeepPolynomialNetOptions({6, 4, 4, 2}, {3, 2, 2}).norm(true));
+  EXPECT_TRUE(net[0]->norm);
+  EXPECT_TRUE(net[1]->norm);
+  EXPECT_FALSE(net[2]->norm);
+  std::vector<std::string> buffers;
+  for (const auto& item : net->named_buffers()) buffers.push_back(item.key());
+  EXPECT_EQ(buffers.front(), "0.norm.running_mean");
+  net->eval();  // BatchNorm in eval mode: an affine map of the block output
+  auto x = torch::randn({2, 3, 6});  // leading dims are flattened for the norm
+  auto h = net[0]->quadratic->forward(x) + net[0]->skip->forward(x);
+  auto expected = (h - net[0]->norm->running_mean) / torch::sqrt(net[0]->norm->running_var + 1e-5);
+  EXPECT_TRUE(torch::allclose(net[0]->forward(x), expected, 1e-6, 1e-6));
+}
+
+}  // namespace

@@ -52,3 +52,50 @@ def test_cpp_app_reports_bad_weights(quadnet_app, tmp_path):
                            str(tmp_path / "x.pt"), str(tmp_path / "y.pt")], capture_output=True, text=True)
     assert done.returncode == 1
     assert "has shape [6, 2, 2] in the file but [6, 3, 3] in the module" in done.stderr
+
+
+def test_polynomial_and_overparam_state_dicts_load_into_cpp_modules(quadnet_app, tmp_path):
+    model = torch.nn.Sequential(quadnet.nn.PolynomialBlock(8, 6, 3), quadnet.nn.OverparamLinear(6, 4, 3),
+                                quadnet.nn.PolynomialBlock(4, 3, 2))
+    x = torch.randn(9, 8)
+    quadnet.save_state_dict(model, tmp_path / "weights.pt")
+    torch.save(x, tmp_path / "x.pt")
+    run_app(quadnet_app, "state-dict", "polynomial:8:6:3,overparam:6:4:3,polynomial:4:3:2", tmp_path / "weights.pt",
+            tmp_path / "x.pt", tmp_path / "y.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(torch.load(tmp_path / "y.pt"), model(x), rtol=1e-6, atol=1e-6)
+
+
+def write_idx_gz(path, array):
+    import gzip
+    import numpy as np
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def test_scripted_deep_polynomial_classifier_predicts_identically_in_cpp(quadnet_app, tmp_path):
+    """The deployment path of the main demo: pixels in, classes out, same predictions in C++."""
+    net = quadnet.nn.DeepPolynomialNet([784, 16, 10], ranks=[6, 4])
+    opt = quadnet.optim.GLRAMSGD(net, lr=0.01, max_iter=3)
+    images = torch.randint(0, 256, (300, 28, 28), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (300,))
+    x = images.reshape(300, -1).float() / 255.0
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(net(x), labels).backward()
+        opt.step()
+    net.eval()
+    torch.jit.script(net).save(str(tmp_path / "model.pt"))
+    write_idx_gz(tmp_path / "images.gz", images.numpy())
+    write_idx_gz(tmp_path / "labels.gz", labels.numpy())
+    done = subprocess.run([str(quadnet_app), "classify", str(tmp_path / "model.pt"), str(tmp_path / "images.gz"),
+                           str(tmp_path / "labels.gz"), str(tmp_path / "pred.pt")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    with torch.no_grad():
+        expected = net(x).argmax(1)
+    predictions = torch.load(tmp_path / "pred.pt")
+    assert torch.equal(predictions, expected)
+    accuracy = float((expected == labels).float().mean())
+    assert f"classified 300 images: accuracy {accuracy:.4g}"[:30] in done.stdout

@@ -102,7 +102,8 @@ void OverparamLinearImpl::reset() {
   const auto w = width();
   for (int64_t j = 0; j < options.depth(); ++j) {
     const auto rows = j + 1 == options.depth() ? out : w, cols = j == 0 ? in : w;
-    factors->append(torch::empty({rows, cols}));
+    // ParameterList::append registers with the tensor's own requires_grad flag.
+    factors->append(torch::empty({rows, cols}).requires_grad_(true));
   }
   if (options.bias()) {
     bias = register_parameter("bias", torch::empty({out}));

@@ -24,22 +24,31 @@ void PolynomialBlockImpl::reset() {
   } else {
     skip = nullptr;
   }
+  if (options.norm()) {
+    norm = register_module("norm", torch::nn::BatchNorm1d(torch::nn::BatchNorm1dOptions(options.out_features()).affine(false)));
+  } else {
+    norm = nullptr;
+  }
 }
 
 void PolynomialBlockImpl::reset_parameters() {
   quadratic->reset_parameters();
   if (skip) skip->reset_parameters();
+  if (norm) norm->reset_running_stats();
 }
 
 void PolynomialBlockImpl::pretty_print(std::ostream& stream) const {
   stream << "quadnet::nn::PolynomialBlock(in_features=" << options.in_features()
          << ", out_features=" << options.out_features() << ", rank=" << options.rank()
-         << ", skip=" << (options.skip() ? "true" : "false") << ")";
+         << ", skip=" << (options.skip() ? "true" : "false") << ", norm=" << (options.norm() ? "true" : "false")
+         << ")";
 }
 
 torch::Tensor PolynomialBlockImpl::forward(const torch::Tensor& x) {
   auto y = quadratic->forward(x);
-  return skip ? y + skip->forward(x) : y;
+  if (skip) y = y + skip->forward(x);
+  if (norm) y = norm->forward(y.reshape({-1, options.out_features()})).reshape(y.sizes());  // any leading dims
+  return y;
 }
 
 int64_t PolynomialBlockImpl::num_parameters() const {
@@ -62,7 +71,10 @@ void DeepPolynomialNetImpl::reset() {
               sizes.size() - 1, " entries, got ", ranks.size());
   blocks.clear();
   for (size_t t = 0; t + 1 < sizes.size(); ++t) {
-    auto block_options = PolynomialBlockOptions(sizes[t], sizes[t + 1], ranks[t]).skip(options.skip()).bias(options.bias());
+    auto block_options = PolynomialBlockOptions(sizes[t], sizes[t + 1], ranks[t])
+                             .skip(options.skip())
+                             .bias(options.bias())
+                             .norm(options.norm() && t + 2 < sizes.size());
     blocks.push_back(register_module(std::to_string(t), PolynomialBlock(block_options)));
   }
 }
@@ -70,7 +82,7 @@ void DeepPolynomialNetImpl::reset() {
 void DeepPolynomialNetImpl::pretty_print(std::ostream& stream) const {
   stream << "quadnet::nn::DeepPolynomialNet(sizes=" << torch::IntArrayRef(options.sizes())
          << ", ranks=" << torch::IntArrayRef(options.ranks()) << ", skip=" << (options.skip() ? "true" : "false")
-         << ", degree=" << degree() << ")";
+         << ", norm=" << (options.norm() ? "true" : "false") << ", degree=" << degree() << ")";
 }
 
 torch::Tensor DeepPolynomialNetImpl::forward(torch::Tensor x) {

@@ -4,6 +4,7 @@
 
 #include <torch/arg.h>
 #include <torch/nn/cloneable.h>
+#include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
 
@@ -23,10 +24,13 @@ struct PolynomialBlockOptions {
   TORCH_ARG(int64_t, rank);
   TORCH_ARG(bool, skip) = true;
   TORCH_ARG(bool, bias) = true;
+  // Batch-normalise the output (BatchNorm1d without affine parameters): needed for stable
+  // SGD-type training of stacks; an affine map in eval mode, so the degree is unchanged.
+  TORCH_ARG(bool, norm) = false;
 };
 
 // y = Quad(x) + L x: a QuadraticLayer ("quadratic") with a bias-free linear skip ("skip"),
-// so L stacked blocks hold every monomial of degree ≤ 2^L. Submodules: quadratic, skip.
+// so L stacked blocks hold every monomial of degree ≤ 2^L. Submodules: quadratic, skip, norm.
 class PolynomialBlockImpl : public torch::nn::Cloneable<PolynomialBlockImpl> {
  public:
   PolynomialBlockImpl(int64_t in_features, int64_t out_features, int64_t rank)
@@ -45,7 +49,8 @@ class PolynomialBlockImpl : public torch::nn::Cloneable<PolynomialBlockImpl> {
 
   PolynomialBlockOptions options;
   QuadraticLayer quadratic{nullptr};
-  torch::nn::Linear skip{nullptr};  // null when options.skip() is false
+  torch::nn::Linear skip{nullptr};       // null when options.skip() is false
+  torch::nn::BatchNorm1d norm{nullptr};  // null when options.norm() is false
 };
 TORCH_MODULE(PolynomialBlock);
 
@@ -57,6 +62,7 @@ struct DeepPolynomialNetOptions {
   TORCH_ARG(std::vector<int64_t>, ranks);
   TORCH_ARG(bool, skip) = true;
   TORCH_ARG(bool, bias) = true;
+  TORCH_ARG(bool, norm) = false;  // on every block but the last
 };
 
 // L = sizes.size() − 1 PolynomialBlocks, registered as "0" … "L-1" (the names of Python's
