@@ -1,0 +1,139 @@
+"""Deep polynomial networks: PolynomialBlock, DeepPolynomialNet (DESIGN §2)."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.autograd import gradcheck
+
+import quadnet
+from quadnet.nn import DeepPolynomialNet, PolynomialBlock
+
+
+def fit(sizes, ranks, x, target, seeds=3):
+    """Best relative MSE of a DeepPolynomialNet fitted with L-BFGS (float64) over a few seeds."""
+    best = float("inf")
+    for seed in range(seeds):
+        torch.manual_seed(seed)
+        net = DeepPolynomialNet(sizes, ranks, dtype=torch.float64)
+        opt = torch.optim.LBFGS(net.parameters(), lr=1, max_iter=2000, tolerance_grad=1e-14,
+                                tolerance_change=1e-16, history_size=50, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = F.mse_loss(net(x), target)
+            loss.backward()
+            return loss
+        for _ in range(3):
+            opt.step(closure)
+        with torch.no_grad():
+            best = min(best, float(F.mse_loss(net(x), target) / target.square().mean()))
+    return best
+
+
+def test_depth_two_fits_a_degree_four_polynomial_that_depth_one_cannot():
+    torch.manual_seed(0)
+    x = torch.rand(200, 2, dtype=torch.float64) * 3 - 1.5
+    u, v = x[:, :1], x[:, 1:]
+    target = u ** 4 - 2 * u * v ** 3 + v ** 2 - 0.5 * u  # degree 4 = 2^2
+    one = fit([2, 1], [2], x, target)
+    two = fit([2, 3, 1], [2, 3], x, target)
+    assert two < 1e-12, two  # fitted to rounding
+    assert one > 1e-2, one   # a quadratic cannot
+
+
+def test_depth_two_represents_degree_four_exactly():
+    """Hand-set weights: block 1 gives (u², v) (quadratic + skip), block 2 squares the first and adds v."""
+    net = DeepPolynomialNet([2, 2, 1], [1, 1], dtype=torch.float64)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        net[0].quadratic.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        net[0].quadratic.S[0, 0, 0] = 1.0          # h_0 = u²
+        net[0].skip.weight.copy_(torch.tensor([[0.0, 0.0], [0.0, 1.0]]))  # h_1 = v
+        net[1].quadratic.weight.copy_(torch.tensor([[1.0, 0.0]]))
+        net[1].quadratic.S[0, 0, 0] = 1.0          # y = h_0² + h_1
+        net[1].skip.weight.copy_(torch.tensor([[0.0, 1.0]]))
+    x = torch.randn(10, 2, dtype=torch.float64)
+    torch.testing.assert_close(net(x)[:, 0], x[:, 0] ** 4 + x[:, 1], rtol=1e-14, atol=1e-14)
+
+
+def test_gradcheck_through_two_blocks():
+    net = DeepPolynomialNet([4, 3, 2], [2, 2], norm=False, dtype=torch.float64)
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    params = tuple(net.parameters())
+
+    names = [n for n, _ in net.named_parameters()]
+    # torch.func.functional_call in PyTorch 2.x, torch.nn.utils.stateless in 1.13
+    functional_call = getattr(getattr(torch, "func", None), "functional_call", None) or \
+        torch.nn.utils.stateless.functional_call
+
+    def f(x, *ps):
+        return functional_call(net, dict(zip(names, ps)), (x,))
+    assert gradcheck(f, (x, *[p.detach().clone().requires_grad_(True) for p in params]))
+
+
+def test_block_is_quadratic_plus_skip_and_counts_parameters():
+    block = PolynomialBlock(5, 3, 2, dtype=torch.float64)
+    x = torch.randn(4, 5, dtype=torch.float64)
+    q = block.quadratic
+    expected = torch.ops.quadnet.quadratic_form(x, q.weight, q.S) + q.bias + x @ block.skip.weight.T
+    torch.testing.assert_close(block(x), expected, rtol=1e-12, atol=1e-12)
+    assert block.degree == 2
+    assert block.num_parameters() == 2 * 5 + 3 * 3 + 3 + 3 * 5
+    assert PolynomialBlock(5, 3, 2, skip=False).num_parameters() == 2 * 5 + 3 * 3 + 3
+
+
+def test_net_names_degree_count_and_repr():
+    net = DeepPolynomialNet([6, 4, 4, 3], ranks=2)
+    assert net.degree == 8 and len(net) == 3
+    assert net.num_parameters() == sum(b.num_parameters() for b in net)
+    assert net.num_parameters() == sum(p.numel() for p in net.parameters()) - sum(
+        b.quadratic.S.numel() - b.out_features * 3 for b in net)  # S_i counted once (r(r+1)/2 = 3)
+    assert "0.quadratic.weight" in net.state_dict() and "2.skip.weight" in net.state_dict()
+    assert "degree=8" in repr(net)
+
+
+def test_norm_on_every_block_but_the_last_and_eval_is_affine():
+    net = DeepPolynomialNet([6, 5, 4, 3], ranks=[3, 2, 2], norm=True, dtype=torch.float64)
+    assert [b.norm is not None for b in net] == [True, True, False]
+    net.train()
+    net(torch.randn(64, 6, dtype=torch.float64))  # update running statistics
+    net.eval()
+    x = torch.randn(2, 7, 6, dtype=torch.float64)  # any leading dims
+    block = net[0]
+    h = block.quadratic(x) + block.skip(x)
+    expected = (h - block.norm.running_mean) / torch.sqrt(block.norm.running_var + block.norm.eps)
+    torch.testing.assert_close(block(x), expected)
+
+
+def test_usable_inside_larger_models_and_scripted():
+    model = torch.nn.Sequential(torch.nn.Flatten(), DeepPolynomialNet([12, 6, 3], [3, 2], norm=True))
+    model.eval()
+    x = torch.randn(4, 3, 4)
+    torch.testing.assert_close(torch.jit.script(model)(x), model(x), rtol=0, atol=0)
+
+
+def test_glram_sgd_trains_a_stack_with_norm():
+    torch.manual_seed(1)
+    x = torch.randn(256, 10)
+    y = (x[:, :3].square().sum(1) > 3).long() + (x[:, 3] > 0).long()
+    net = DeepPolynomialNet([10, 6, 3], ranks=[4, 3], norm=True)
+    opt = quadnet.optim.GLRAMSGD(net, lr=0.05, max_iter=3)
+    losses = []
+    for _ in range(60):
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < 0.6 * losses[0]
+    assert len(opt.last_projections) == 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (([6], [2]), "sizes needs at least 2 entries"),
+    (([6, 4, 3], [2]), r"ranks needs len\(sizes\) - 1 = 2 entries, got 1"),
+    (([6, 4], [0]), "rank must be positive"),
+])
+def test_bad_sizes(args, message):
+    with pytest.raises(ValueError, match=message):
+        DeepPolynomialNet(*args)
