@@ -3,6 +3,7 @@
 
 #include <quadnet/quadnet.h>
 
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -129,6 +130,33 @@ TEST(EndToEndSGD, RejectsTensorsAndKeepsParametersOnNaN) {
   auto before = model->weight.detach().clone();
   EXPECT_THROW(opt.step(), c10::Error);
   EXPECT_TRUE(torch::equal(model->weight, before));
+}
+
+}  // namespace
+
+namespace {
+
+TEST(EndToEndSGD, ParamGroupsSaveAndLoad) {
+  torch::nn::Linear model(4, 2);
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(std::vector<torch::Tensor>{model->weight});
+  groups.emplace_back(std::vector<torch::Tensor>{model->bias},
+                      std::make_unique<quadnet::optim::EndToEndSGDOptions>(0.5, 1));
+  quadnet::optim::EndToEndSGD opt(std::move(groups), quadnet::optim::EndToEndSGDOptions(0.1, 3));
+  std::stringstream buffer;
+  torch::save(opt, buffer);
+
+  std::vector<torch::optim::OptimizerParamGroup> fresh;
+  fresh.emplace_back(std::vector<torch::Tensor>{model->weight});
+  fresh.emplace_back(std::vector<torch::Tensor>{model->bias});
+  quadnet::optim::EndToEndSGD loaded(std::move(fresh), quadnet::optim::EndToEndSGDOptions(1.0, 2));
+  torch::load(loaded, buffer);
+  const auto& first = static_cast<const quadnet::optim::EndToEndSGDOptions&>(loaded.param_groups()[0].options());
+  const auto& second = static_cast<const quadnet::optim::EndToEndSGDOptions&>(loaded.param_groups()[1].options());
+  EXPECT_EQ(first.lr(), 0.1);
+  EXPECT_EQ(first.depth(), 3);
+  EXPECT_EQ(second.lr(), 0.5);
+  EXPECT_EQ(second.depth(), 1);
 }
 
 }  // namespace

@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <torch/serialize/archive.h>
 
+#include "group_options.h"
+
 #include <cmath>
 #include <limits>
 #include <utility>
@@ -120,10 +122,12 @@ torch::Tensor EndToEndSGD::step(LossClosure closure) {
 
 void EndToEndSGD::save(torch::serialize::OutputArchive& archive) const {
   torch::optim::serialize<NoParamState, EndToEndSGDOptions>(archive, *this);
+  detail::save_group_options<EndToEndSGDOptions>(archive, *this);
 }
 
 void EndToEndSGD::load(torch::serialize::InputArchive& archive) {
   torch::optim::serialize<NoParamState, EndToEndSGDOptions>(archive, *this);
+  detail::load_group_options<EndToEndSGDOptions>(archive, *this);
 }
 
 }  // namespace optim

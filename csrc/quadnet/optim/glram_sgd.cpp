@@ -1,6 +1,8 @@
 #include "glram_sgd.h"
 
 #include <torch/serialize/archive.h>
+
+#include "group_options.h"
 #include <torch/types.h>
 
 #include <sstream>
@@ -159,10 +161,12 @@ torch::Tensor GLRAMSGD::step(LossClosure closure) {
 
 void GLRAMSGD::save(torch::serialize::OutputArchive& archive) const {
   torch::optim::serialize<GLRAMSGDParamState, GLRAMSGDOptions>(archive, *this);
+  detail::save_group_options<GLRAMSGDOptions>(archive, *this);
 }
 
 void GLRAMSGD::load(torch::serialize::InputArchive& archive) {
   torch::optim::serialize<GLRAMSGDParamState, GLRAMSGDOptions>(archive, *this);
+  detail::load_group_options<GLRAMSGDOptions>(archive, *this);
 }
 
 }  // namespace optim

@@ -1,0 +1,44 @@
+#pragma once
+// torch::optim::serialize restores per-parameter state but not the param groups' options
+// (lr, …), while Python's Optimizer.load_state_dict restores both. quadnet's optimizers also
+// save each group's options and restore them on load, so a resumed run continues with the
+// saved settings in both languages.
+
+#include <torch/optim/optimizer.h>
+#include <torch/serialize/archive.h>
+
+#include <memory>
+#include <string>
+
+namespace quadnet {
+namespace optim {
+namespace detail {
+
+inline std::string group_options_key(size_t index) { return "quadnet/param_groups/" + std::to_string(index); }
+
+template <class Options>
+void save_group_options(torch::serialize::OutputArchive& archive, const torch::optim::Optimizer& optimizer) {
+  const auto& groups = optimizer.param_groups();
+  for (size_t i = 0; i < groups.size(); ++i) {
+    torch::serialize::OutputArchive group(archive.compilation_unit());
+    static_cast<const Options&>(groups[i].options()).serialize(group);
+    archive.write(group_options_key(i), group);
+  }
+}
+
+// Archives written without the options (older saves) leave the current options in place.
+template <class Options>
+void load_group_options(torch::serialize::InputArchive& archive, torch::optim::Optimizer& optimizer) {
+  auto& groups = optimizer.param_groups();
+  for (size_t i = 0; i < groups.size(); ++i) {
+    torch::serialize::InputArchive group;
+    if (!archive.try_read(group_options_key(i), group)) continue;
+    auto options = std::make_unique<Options>(static_cast<const Options&>(groups[i].options()));
+    options->serialize(group);
+    groups[i].set_options(std::move(options));
+  }
+}
+
+}  // namespace detail
+}  // namespace optim
+}  // namespace quadnet
