@@ -89,9 +89,13 @@ TEST(EndToEnd, DirectionMatchesTheSumFormula) {
           << shape << " depth " << N;
     }
   }
-  // Rank-deficient W: the exponent-0 terms are the full identity.
-  auto W = torch::mm(torch::randn({4, 1}, kDouble), torch::randn({1, 5}, kDouble)), G = torch::randn({4, 5}, kDouble);
-  EXPECT_TRUE(torch::allclose(quadnet::optim::end_to_end_direction(W, G, 3), reference_direction(W, G, 3), 1e-8, 1e-9));
+  // Rank-deficient W, wide and tall: the exponent-0 terms are the full identity (not U U^T).
+  for (auto shape : std::vector<std::vector<int64_t>>{{4, 5}, {6, 4}}) {
+    auto W = torch::mm(torch::randn({shape[0], 1}, kDouble), torch::randn({1, shape[1]}, kDouble));
+    auto G = torch::randn(shape, kDouble);
+    EXPECT_TRUE(torch::allclose(quadnet::optim::end_to_end_direction(W, G, 3), reference_direction(W, G, 3), 1e-8, 1e-9))
+        << shape;
+  }
 }
 
 TEST(EndToEndSGD, FollowsExplicitTrainingOfTheFactors) {

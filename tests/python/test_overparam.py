@@ -125,10 +125,11 @@ def test_end_to_end_direction_matches_the_sum_formula(shape, depth):
     np.testing.assert_allclose(got.numpy(), reference_direction(W, G, depth), rtol=1e-9, atol=1e-10)
 
 
-def test_exponent_zero_is_the_full_identity_for_rank_deficient_weights():
-    """(W W^T)^0 = I, not U U^T: a rank-1 4×5 W still passes ∇'s off-range part through."""
-    W = torch.randn(4, 1, dtype=torch.float64) @ torch.randn(1, 5, dtype=torch.float64)
-    G = torch.randn(4, 5, dtype=torch.float64)
+@pytest.mark.parametrize("shape", [(4, 5), (6, 4)])
+def test_exponent_zero_is_the_full_identity_for_rank_deficient_weights(shape):
+    """(W W^T)^0 = I, not U U^T of a thin SVD: a rank-1 W still passes ∇'s off-range part through."""
+    W = torch.randn(shape[0], 1, dtype=torch.float64) @ torch.randn(1, shape[1], dtype=torch.float64)
+    G = torch.randn(*shape, dtype=torch.float64)
     for depth in (2, 3):
         got = quadnet._C.optim.end_to_end_direction(W, G, depth)
         np.testing.assert_allclose(got.numpy(), reference_direction(W, G, depth), rtol=1e-8, atol=1e-9)
