@@ -68,7 +68,9 @@ class OverparamLinear(torch.nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.in_features, self.out_features, self.depth = in_features, out_features, depth
         self.width = width if width is not None else min(in_features, out_features)
-        self.init, self.init_scale = init, init_scale
+        # A given matrix is kept (a copy) so reset_parameters can factorise it again.
+        self.init = init.detach().clone() if isinstance(init, Tensor) else init
+        self.init_scale = init_scale
         shapes = [(out_features if j == depth - 1 else self.width, in_features if j == 0 else self.width)
                   for j in range(depth)]
         self.factors = torch.nn.ParameterList([torch.nn.Parameter(torch.empty(s, **factory)) for s in shapes])
