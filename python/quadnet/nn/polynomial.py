@@ -18,10 +18,10 @@ class PolynomialBlock(torch.nn.Module):
     it); the skip is an ``nn.Linear`` without bias (the quadratic layer holds the bias).
 
     ``norm=True`` appends ``BatchNorm1d(out_features, affine=False)`` over the feature dim.
-    Stacks need it for stable training with SGD-type optimizers (measured on Fashion-MNIST,
-    ``[784, 64, 10]``: SGD with momentum and ``GLRAMSGD`` diverge to NaN within the first
-    epoch without it; see the README). In eval mode it is an affine map, so the network is
-    still a polynomial of the same degree.
+    Stacks trained with ``GLRAMSGD`` need it (measured on Fashion-MNIST, ``[784, 64, 10]``:
+    NaN in the first epoch at lr 0.002–0.05 without it; SGD with momentum too at lr 0.05, not
+    at 0.01; see the README). In eval mode it is an affine map, so the network is still a
+    polynomial of the same degree.
 
     Args:
         in_features: size ``d`` of each input sample.
