@@ -4,6 +4,8 @@
 #include <quadnet/quadnet.h>
 
 #include <sstream>
+#include <string>
+#include <vector>
 
 namespace {
 
@@ -107,6 +109,38 @@ TEST(GLRAMSGD, StateRoundTripContinuesIdentically) {
   run(c, opt_c, 2);
   auto pa = a->parameters(), pc = c->parameters();
   for (size_t i = 0; i < pa.size(); ++i) EXPECT_TRUE(torch::equal(pa[i], pc[i])) << i;
+}
+
+TEST(GLRAMSGD, ParamGroupsGiveProjectedLayersTheirOwnOptions) {
+  torch::manual_seed(5);
+  QuadraticLayer quad(quadnet::nn::QuadraticLayerOptions(6, 4, 2).bias(false));
+  torch::nn::Linear head(4, 3);
+  torch::nn::Sequential model(quad, head);
+  model->to(torch::kFloat64);
+  auto x = torch::randn({8, 6}, torch::kFloat64);
+  auto head_before = head->weight.detach().clone();
+  auto canonical_before = quad->canonical().detach();
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(std::vector<torch::Tensor>{quad->weight, quad->S},
+                      std::make_unique<GLRAMSGDOptions>(GLRAMSGDOptions(0.0)));  // frozen canonical A
+  groups.emplace_back(head->parameters());
+  GLRAMSGD opt(*model, std::move(groups), GLRAMSGDOptions(0.1));
+  opt.zero_grad();
+  model->forward(x).square().sum().backward();
+  opt.step();
+  ASSERT_EQ(opt.last_projections().size(), 1u);  // the layer was projected, with lr 0
+  EXPECT_TRUE(torch::allclose(quad->canonical(), canonical_before, 0, 1e-10));
+  EXPECT_FALSE(torch::allclose(head->weight, head_before));
+
+  std::vector<torch::optim::OptimizerParamGroup> split;
+  split.emplace_back(std::vector<torch::Tensor>{quad->weight});
+  split.emplace_back(std::vector<torch::Tensor>{quad->S});
+  try {
+    GLRAMSGD bad(*model, std::move(split), GLRAMSGDOptions(0.1));
+    FAIL() << "expected an error";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("weight and S must be in the same param group"), std::string::npos);
+  }
 }
 
 }  // namespace

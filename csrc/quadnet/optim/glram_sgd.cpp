@@ -8,6 +8,7 @@
 #include <sstream>
 #include <string>
 #include <type_traits>
+#include <unordered_map>
 #include <unordered_set>
 
 namespace quadnet {
@@ -88,15 +89,28 @@ void GLRAMSGDParamState::serialize(torch::serialize::InputArchive& archive) {
 }
 
 GLRAMSGD::GLRAMSGD(torch::nn::Module& model, GLRAMSGDOptions defaults)
-    : Optimizer({torch::optim::OptimizerParamGroup(model.parameters())},
-                std::make_unique<GLRAMSGDOptions>(defaults)) {
-  TORCH_CHECK(defaults.lr() >= 0, "GLRAMSGD: lr must be >= 0, got ", defaults.lr());
-  TORCH_CHECK(defaults.momentum() >= 0, "GLRAMSGD: momentum must be >= 0, got ", defaults.momentum());
-  TORCH_CHECK(defaults.weight_decay() >= 0, "GLRAMSGD: weight_decay must be >= 0, got ",
-              defaults.weight_decay());
-  TORCH_CHECK(defaults.max_iter() >= 0, "GLRAMSGD: max_iter must be >= 0, got ", defaults.max_iter());
+    : GLRAMSGD(model, {torch::optim::OptimizerParamGroup(model.parameters())}, std::move(defaults)) {}
+
+GLRAMSGD::GLRAMSGD(torch::nn::Module& model, std::vector<torch::optim::OptimizerParamGroup> param_groups,
+                   GLRAMSGDOptions defaults)
+    : Optimizer(std::move(param_groups), std::make_unique<GLRAMSGDOptions>(defaults)) {
+  // group index of every parameter given to the optimizer
+  std::unordered_map<const void*, size_t> group_of;
+  for (size_t g = 0; g < param_groups_.size(); ++g) {
+    const auto& options = static_cast<const GLRAMSGDOptions&>(param_groups_[g].options());
+    TORCH_CHECK(options.lr() >= 0, "GLRAMSGD: lr must be >= 0, got ", options.lr());
+    TORCH_CHECK(options.momentum() >= 0, "GLRAMSGD: momentum must be >= 0, got ", options.momentum());
+    TORCH_CHECK(options.weight_decay() >= 0, "GLRAMSGD: weight_decay must be >= 0, got ", options.weight_decay());
+    TORCH_CHECK(options.max_iter() >= 0, "GLRAMSGD: max_iter must be >= 0, got ", options.max_iter());
+    for (const auto& p : param_groups_[g].params()) group_of[p.unsafeGetTensorImpl()] = g;
+  }
   for (const auto& module : model.modules(/*include_self=*/true)) {
     if (auto layer = std::dynamic_pointer_cast<nn::QuadraticLayerImpl>(module)) {
+      auto weight = group_of.find(layer->weight.unsafeGetTensorImpl());
+      auto S = group_of.find(layer->S.unsafeGetTensorImpl());
+      if (weight == group_of.end() && S == group_of.end()) continue;  // not optimized here
+      TORCH_CHECK(weight != group_of.end() && S != group_of.end() && weight->second == S->second,
+                  "GLRAMSGD: a QuadraticLayer's weight and S must be in the same param group");
       layer->set_capture(true);
       layers_.push_back(layer);
     }

@@ -56,13 +56,18 @@ struct GLRAMSGDParamState : public torch::optim::OptimizerCloneableParamState<GL
   void serialize(torch::serialize::OutputArchive& archive) const override;
 };
 
-// Optimizes every parameter of `model`. Each QuadraticLayer in it is projected: the optimizer
+// Optimizes every parameter of `model` (or the given param groups). Each QuadraticLayer in it is projected: the optimizer
 // turns its capture on, and step() consumes the (X, G) recorded by forward/backward; a layer
 // whose output got no gradient is left untouched. All other parameters get SGD. A step that
 // would produce NaN/Inf throws and leaves every parameter and state tensor as it was.
 class GLRAMSGD : public torch::optim::Optimizer {
  public:
   GLRAMSGD(torch::nn::Module& model, GLRAMSGDOptions defaults);
+  // Param groups with options of their own (e.g. a smaller lr for the canonical steps), as in
+  // Python: the groups hold parameters of `model`; a QuadraticLayer's weight and S must be in
+  // one group, whose options its projected step uses; layers in no group are left alone.
+  GLRAMSGD(torch::nn::Module& model, std::vector<torch::optim::OptimizerParamGroup> param_groups,
+           GLRAMSGDOptions defaults);
   ~GLRAMSGD() override;
 
   torch::Tensor step(LossClosure closure = nullptr) override;
