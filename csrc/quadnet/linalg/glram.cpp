@@ -16,6 +16,12 @@ namespace {
 
 using utils::symmetric_part;
 
+// The eigenvectors of the r largest eigenvalues of a symmetric M (m × m), largest first.
+at::Tensor top_eigenvectors(const at::Tensor& M, int64_t r) {
+  auto eig = at::linalg_eigh(M);  // ascending eigenvalues
+  return std::get<1>(eig).narrow(1, M.size(0) - r, r).flip({1});
+}
+
 // Orthonormal basis (d × r) of the dominant r-dim left singular subspace of P (d × c):
 // the top eigenvectors of P P^T, from whichever of the two Gram sides is smaller.
 at::Tensor top_subspace(const at::Tensor& P, int64_t r) {
@@ -23,14 +29,12 @@ at::Tensor top_subspace(const at::Tensor& P, int64_t r) {
     auto U = std::get<0>(at::linalg_svd(P, /*full_matrices=*/false));
     return U.narrow(1, 0, r);
   }
-  auto eig = at::linalg_eigh(at::mm(P, P.t()));  // ascending eigenvalues
-  return std::get<1>(eig).narrow(1, P.size(0) - r, r).flip({1});
+  return top_eigenvectors(at::mm(P, P.t()), r);
 }
 
 // The projected cores V^T A_i V (n × r × r) from AV = A V (n × d × r). Written (A_i V)^T V so
 // both products are 3-D × 2-D matmuls that fold into one GEMM (no broadcast copies of V).
 at::Tensor project(const at::Tensor& AV, const at::Tensor& V) { return at::matmul(AV.transpose(1, 2), V); }
-
 
 // Orthonormal basis of the row space of a warm-start weight (r × d), or undefined if the
 // weight is numerically rank deficient (then the classic start is better).
@@ -92,9 +96,14 @@ class FactoredCores {
     at::Tensor V, P2, SP1, cores;  // SP1 = S_i P1 (n × r × r); cores = V^T K_i V
   };
   FactoredCores(at::Tensor R, at::Tensor S, at::Tensor G, double lr)
-      : R_(std::move(R)), S_(std::move(S)), G_(std::move(G)), lr_(lr), r_(S_.size(1)) {
-    auto R1 = R_.narrow(1, 0, r_), R2 = R_.narrow(1, r_, R_.size(1) - r_);
-    auto T11 = at::mm(R1.t(), R1), T12 = at::mm(R1.t(), R2), T22 = at::mm(R2.t(), R2);
+      : R_(std::move(R)),
+        S_(std::move(S)),
+        G_(std::move(G)),
+        lr_(lr),
+        r_(S_.size(1)),
+        R1_(R_.narrow(1, 0, r_)),
+        R2_(R_.narrow(1, r_, R_.size(1) - r_)) {
+    auto T11 = at::mm(R1_.t(), R1_), T12 = at::mm(R1_.t(), R2_), T22 = at::mm(R2_.t(), R2_);
     GG_ = at::mm(G_, G_.t());  // B × B
     // ||K_i||^2 = tr(S_i T11 S_i T11) − 2 lr Σ_b g_ib t_b^T S_i t_b + lr² g_i^T (T22∘T22) g_i,
     // T = R^T R, t_b = T12[:, b].
@@ -108,7 +117,7 @@ class FactoredCores {
 
   double total() const { return total_; }
   State at(const at::Tensor& V) const {
-    auto P1 = at::mm(R_.narrow(1, 0, r_).t(), V), P2 = at::mm(R_.narrow(1, r_, R_.size(1) - r_).t(), V);
+    auto P1 = at::mm(R1_.t(), V), P2 = at::mm(R2_.t(), V);
     auto SP1 = at::matmul(S_, P1);                                        // n × r × r
     auto gP2 = G_.t().unsqueeze(2) * P2.unsqueeze(0);                     // n × B × r: diag(g_i) P2
     auto cores = at::matmul(P1.t(), SP1) - at::matmul(P2.t(), gP2) * lr_;  // n × r × r
@@ -127,18 +136,19 @@ class FactoredCores {
     auto N = at::cat({at::cat({N11, N12}, 1), at::cat({N12.t(), N22}, 1)}, 0);
     auto M = at::mm(at::mm(R_, N), R_.t());
     if (shift > 0) M = M + at::mm(s.V, s.V.t()) * shift;
-    auto eig = at::linalg_eigh(symmetric_part(M));  // ascending eigenvalues
-    return std::get<1>(eig).narrow(1, M.size(0) - r, r).flip({1});
+    return top_eigenvectors(symmetric_part(M), r);
   }
 
  private:
-  at::Tensor R_, S_, G_, GG_;
+  at::Tensor R_, S_, G_;
   double lr_;
   int64_t r_;
+  at::Tensor R1_, R2_;  // the columns of R for W^T and for X^T
+  at::Tensor GG_;       // G G^T (B × B)
   double total_ = 0;
 };
 
-// The alternating loop from an orthonormal start V (m × r). n == number of matrices.
+// The alternating loop from an orthonormal start V (m × r).
 template <class Problem>
 GLRAMResult alternate(const Problem& problem, at::Tensor V, const GLRAMOptions& options) {
   const auto r = V.size(1);
