@@ -80,12 +80,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
            quadnet::nn::init::diagonal_quadratic_layer_(weight, alpha, b);
          },
          py::arg("weight"), py::arg("alpha"), py::arg("bias"));
-  nn.def("balanced_factors", &quadnet::nn::balanced_factors, py::arg("matrix"), py::arg("depth"), py::arg("width"));
-  nn.def("init_factors",
-         [](int64_t in_features, int64_t out_features, int64_t depth, int64_t width, const std::string& init,
-            double init_scale) {
-           return quadnet::nn::init_factors(in_features, out_features, depth, width, init, init_scale);
+  nn.def("init_overparam_linear_",
+         [](std::vector<torch::Tensor> factors, c10::optional<torch::Tensor> bias, const std::string& init,
+            double init_scale, c10::optional<torch::Tensor> weight) {
+           quadnet::nn::init::overparam_linear_(std::move(factors), bias.value_or(torch::Tensor()), init, init_scale,
+                                                weight.value_or(torch::Tensor()));
          },
-         py::arg("in_features"), py::arg("out_features"), py::arg("depth"), py::arg("width"), py::arg("init"),
-         py::arg("init_scale"));
+         py::arg("factors"), py::arg("bias"), py::arg("init"), py::arg("init_scale"), py::arg("weight"));
 }

@@ -2,10 +2,11 @@
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
-#include <torch/nn/init.h>
 
 #include <algorithm>
 #include <cmath>
+
+#include "detail.h"
 
 namespace quadnet {
 namespace nn {
@@ -55,31 +56,39 @@ std::vector<torch::Tensor> balanced_factors(const torch::Tensor& matrix, int64_t
   return factors;
 }
 
-std::vector<torch::Tensor> init_factors(int64_t in_features, int64_t out_features, int64_t depth, int64_t width,
-                                        const std::string& init, double init_scale,
-                                        const torch::TensorOptions& options) {
+namespace init {
+void overparam_linear_(std::vector<torch::Tensor> factors, torch::Tensor bias, const std::string& init,
+                       double init_scale, const torch::Tensor& weight) {
   constexpr const char* op = "OverparamLinear";
-  if (init == "balanced") {
-    TORCH_CHECK(std::isfinite(init_scale) && init_scale >= 0, op, ": init_scale must be a finite number >= 0, got ",
-                init_scale);
-    TORCH_CHECK(depth == 1 || width >= std::min(in_features, out_features), op, ": init=\"balanced\" needs width >= ",
-                "min(in_features, out_features) = ", std::min(in_features, out_features), ", got width=", width);
-    torch::NoGradGuard no_grad;
-    // Factorised in float64 (balanced to rounding), cast when copied into the parameters.
-    return balanced_factors((at::randn({out_features, in_features}, options) * init_scale).to(at::kDouble), depth, width);
-  }
-  if (init == "identity") {
-    TORCH_CHECK(depth == 1 || width >= std::min(in_features, out_features), op, ": init=\"identity\" needs width >= ",
-                "min(in_features, out_features) = ", std::min(in_features, out_features), ", got width=", width);
-    std::vector<torch::Tensor> factors;
-    for (int64_t j = 0; j < depth; ++j) {
-      const auto rows = j + 1 == depth ? out_features : width, cols = j == 0 ? in_features : width;
-      factors.push_back(at::eye(rows, cols, options));
+  TORCH_CHECK(!factors.empty(), op, ": expected at least one factor");
+  torch::NoGradGuard no_grad;
+  const auto depth = static_cast<int64_t>(factors.size());
+  const auto in = factors.front().size(1), out = factors.back().size(0), width = factors.front().size(0);
+  std::vector<torch::Tensor> values;
+  if (weight.defined()) {
+    values = balanced_factors(weight, depth, width);
+  } else {
+    TORCH_CHECK(init == "balanced" || init == "identity", op,
+                ": init must be \"balanced\" or \"identity\" (or a given weight), got \"", init, "\"");
+    TORCH_CHECK(depth == 1 || width >= std::min(in, out), op, ": init=\"", init, "\" needs width >= ",
+                "min(in_features, out_features) = ", std::min(in, out), ", got width=", width);
+    if (init == "balanced") {
+      TORCH_CHECK(std::isfinite(init_scale) && init_scale >= 0, op,
+                  ": init_scale must be a finite number >= 0, got ", init_scale);
+      values = balanced_factors((at::randn({out, in}) * init_scale).to(at::kDouble), depth, width);
+    } else {
+      for (const auto& f : factors) values.push_back(at::eye(f.size(0), f.size(1)));
     }
-    return factors;
   }
-  TORCH_CHECK(false, op, ": init must be \"balanced\" or \"identity\" (or a given weight), got \"", init, "\"");
+  for (size_t j = 0; j < factors.size(); ++j) factors[j].copy_(values[j]);
+  if (!bias.defined()) return;
+  if (weight.defined()) {
+    bias.zero_();
+  } else {
+    detail::linear_bias_(bias, in);
+  }
 }
+}  // namespace init
 
 // ---------------------------------------------------------------------------------------------
 // OverparamLinear
@@ -105,30 +114,12 @@ void OverparamLinearImpl::reset() {
     // ParameterList::append registers with the tensor's own requires_grad flag.
     factors->append(torch::empty({rows, cols}).requires_grad_(true));
   }
-  if (options.bias()) {
-    bias = register_parameter("bias", torch::empty({out}));
-  } else {
-    bias = register_parameter("bias", torch::Tensor(), /*requires_grad=*/false);
-  }
+  bias = detail::register_bias(*this, options.bias(), out);
   reset_parameters();
 }
 
 void OverparamLinearImpl::reset_parameters() {
-  torch::NoGradGuard no_grad;
-  const auto in = options.in_features(), out = options.out_features();
-  auto values = options.weight().defined()
-                    ? balanced_factors(options.weight(), options.depth(), width())
-                    : init_factors(in, out, options.depth(), width(), options.init(), options.init_scale());
-  for (size_t j = 0; j < values.size(); ++j) factors[j].copy_(values[j]);
-  if (bias.defined()) {
-    // nn.Linear's bias init, U(-1/√in, 1/√in); zero with a given weight (set it explicitly).
-    if (options.weight().defined()) {
-      bias.zero_();
-    } else {
-      const double bound = 1.0 / std::sqrt(static_cast<double>(in));
-      torch::nn::init::uniform_(bias, -bound, bound);
-    }
-  }
+  init::overparam_linear_(factors->parameters(), bias, options.init(), options.init_scale(), options.weight());
 }
 
 void OverparamLinearImpl::pretty_print(std::ostream& stream) const {
@@ -158,7 +149,7 @@ torch::Tensor OverparamLinearImpl::forward(const torch::Tensor& x) {
   } else {
     y = at::matmul(x, end_to_end().t());
   }
-  return bias.defined() ? y + bias : y;
+  return detail::add_bias(y, bias);
 }
 
 torch::nn::Linear OverparamLinearImpl::collapse() const {

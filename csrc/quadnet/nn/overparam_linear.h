@@ -69,12 +69,16 @@ torch::Tensor chain_product(const std::vector<torch::Tensor>& factors);
 // is `matrix` to rounding. Returns [W_1, …, W_N].
 std::vector<torch::Tensor> balanced_factors(const torch::Tensor& matrix, int64_t depth, int64_t width);
 
-// Factors [W_1, …, W_N] of an init: "balanced" (of init_scale · N(0,1) entries) or "identity".
-// Drawn in the default dtype (then copied into the parameters): the same RNG stream for every
-// parameter dtype and for the C++ and Python modules.
-std::vector<torch::Tensor> init_factors(int64_t in_features, int64_t out_features, int64_t depth, int64_t width,
-                                        const std::string& init, double init_scale,
-                                        const torch::TensorOptions& options = {});
+namespace init {
+// OverparamLinear's initialisation, shared by the C++ and Python modules (same RNG stream).
+// factors [W_1 (width × in), …, W_N (out × width)] and bias (out, or undefined) are filled in
+// place. With `weight` (out × in) defined: its balanced factorisation, bias zero. Otherwise
+// `init`: "balanced" — the balanced factorisation of init_scale · N(0, 1) entries (drawn in
+// the default dtype, factorised in float64); "identity" — every factor the rectangular
+// identity; bias U(−1/√in, 1/√in) as nn.Linear. Both need width ≥ min(in, out) (depth > 1).
+void overparam_linear_(std::vector<torch::Tensor> factors, torch::Tensor bias, const std::string& init,
+                       double init_scale, const torch::Tensor& weight = {});
+}  // namespace init
 
 }  // namespace nn
 }  // namespace quadnet

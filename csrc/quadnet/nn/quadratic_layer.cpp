@@ -7,6 +7,7 @@
 
 #include "../ops/quadratic_form.h"
 #include "../utils/symmetric.h"
+#include "detail.h"
 
 namespace quadnet {
 namespace nn {
@@ -15,10 +16,7 @@ namespace init {
 namespace {
 void linear_weight_and_bias_(torch::Tensor& weight, torch::Tensor& bias) {
   torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
-  if (bias.defined()) {
-    const double bound = 1.0 / std::sqrt(static_cast<double>(weight.size(1)));
-    torch::nn::init::uniform_(bias, -bound, bound);
-  }
+  detail::linear_bias_(bias, weight.size(1));
 }
 }  // namespace
 
@@ -50,16 +48,10 @@ void print_sizes(std::ostream& stream, const char* module, int64_t in, int64_t o
   stream << "quadnet::nn::" << module << "(in_features=" << in << ", out_features=" << out
          << ", rank=" << rank << ", bias=" << (bias ? "true" : "false") << ")";
 }
-
-torch::Tensor register_bias(torch::nn::Module& module, bool enabled, int64_t out_features) {
-  if (enabled) return module.register_parameter("bias", torch::empty({out_features}));
-  return module.register_parameter("bias", torch::Tensor(), /*requires_grad=*/false);
-}
-
-torch::Tensor add_bias(torch::Tensor y, const torch::Tensor& bias) {
-  return bias.defined() ? y + bias : y;
-}
 }  // namespace
+
+using detail::add_bias;
+using detail::register_bias;
 
 // ---------------------------------------------------------------------------------------------
 // QuadraticLayer

@@ -91,21 +91,10 @@ class OverparamLinear(torch.nn.Module):
         return layer
 
     def reset_parameters(self) -> None:
-        """The C++ module's initialisation (same RNG stream, ``quadnet::nn::init_factors``)."""
-        with torch.no_grad():
-            if isinstance(self.init, Tensor):
-                values = _C.nn.balanced_factors(self.init, self.depth, self.width)
-            else:
-                values = _C.nn.init_factors(self.in_features, self.out_features, self.depth, self.width,
-                                            self.init, self.init_scale)
-            for factor, value in zip(self.factors, values):
-                factor.copy_(value)
-            if self.bias is not None:
-                if isinstance(self.init, Tensor):
-                    self.bias.zero_()
-                else:
-                    bound = 1.0 / self.in_features ** 0.5
-                    self.bias.uniform_(-bound, bound)
+        """The C++ module's initialisation (``quadnet::nn::init::overparam_linear_``, same RNG stream)."""
+        given = self.init if isinstance(self.init, Tensor) else None
+        _C.nn.init_overparam_linear_(list(self.factors), self.bias, "balanced" if given is not None else self.init,
+                                     self.init_scale, given)
 
     def end_to_end(self) -> Tensor:
         """The end-to-end matrix ``W_N ⋯ W_1``, shape ``(out_features, in_features)`` (differentiable)."""
