@@ -3,11 +3,12 @@
 #include <ATen/ATen.h>
 #include <torch/serialize/archive.h>
 
-#include "group_options.h"
-
 #include <cmath>
 #include <limits>
 #include <utility>
+
+#include "../utils/checks.h"
+#include "detail.h"
 
 namespace quadnet {
 namespace optim {
@@ -60,9 +61,7 @@ torch::Tensor end_to_end_direction(const torch::Tensor& weight, const torch::Ten
               weight.sizes());
   TORCH_CHECK(grad.sizes() == weight.sizes(), op, ": grad of shape ", grad.sizes(),
               " does not match weight of shape ", weight.sizes());
-  TORCH_CHECK(weight.is_floating_point() && grad.scalar_type() == weight.scalar_type(), op,
-              ": expected floating-point weight and grad of one dtype, got ", weight.scalar_type(), " and ",
-              grad.scalar_type());
+  utils::check_same_floating(op, {{"weight", weight}, {"grad", grad}});
   if (depth == 1) return grad.clone();
   if (weight.dim() == 1 || weight.size(0) == 1) return single_output_direction(weight, grad, depth);
   return matrix_direction(weight, grad, depth);
@@ -71,9 +70,7 @@ torch::Tensor end_to_end_direction(const torch::Tensor& weight, const torch::Ten
 torch::Tensor end_to_end_update(const torch::Tensor& weight, const torch::Tensor& grad, double lr, int64_t depth) {
   TORCH_CHECK(std::isfinite(lr) && lr >= 0, "end_to_end_update: lr must be a finite number >= 0, got ", lr);
   auto updated = weight - end_to_end_direction(weight, grad, depth) * lr;
-  TORCH_CHECK(at::isfinite(updated).all().item<bool>(),
-              "EndToEndSGD: the step would make a parameter NaN or Inf (loss or learning rate too large?); "
-              "no parameter was changed");
+  detail::check_finite_update("EndToEndSGD", "a parameter", updated);
   return updated;
 }
 

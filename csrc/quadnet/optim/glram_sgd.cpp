@@ -2,7 +2,7 @@
 
 #include <torch/serialize/archive.h>
 
-#include "group_options.h"
+#include "detail.h"
 #include <torch/types.h>
 
 #include <sstream>
@@ -16,10 +16,7 @@ namespace optim {
 
 namespace {
 
-void check_finite(const char* what, const torch::Tensor& t) {
-  TORCH_CHECK(torch::isfinite(t).all().item<bool>(), "GLRAMSGD: the step would make ", what,
-              " NaN or Inf (loss or learning rate too large?); no parameter was changed");
-}
+void check_finite(const char* what, const torch::Tensor& t) { detail::check_finite_update("GLRAMSGD", what, t); }
 
 // torch::optim's state key: a string in LibTorch 1.x, the TensorImpl pointer in 2.x.
 template <typename Key>

@@ -1,9 +1,7 @@
 #pragma once
-// torch::optim::serialize restores per-parameter state but not the param groups' options
-// (lr, …), while Python's Optimizer.load_state_dict restores both. quadnet's optimizers also
-// save each group's options and restore them on load, so a resumed run continues with the
-// saved settings in both languages.
+// Pieces shared by quadnet's optimizers (not part of the public API).
 
+#include <ATen/ATen.h>
 #include <torch/optim/optimizer.h>
 #include <torch/serialize/archive.h>
 
@@ -14,6 +12,16 @@ namespace quadnet {
 namespace optim {
 namespace detail {
 
+// An update is committed only when every new value is finite.
+inline void check_finite_update(const char* optimizer, const char* what, const torch::Tensor& t) {
+  TORCH_CHECK(at::isfinite(t).all().item<bool>(), optimizer, ": the step would make ", what,
+              " NaN or Inf (loss or learning rate too large?); no parameter was changed");
+}
+
+// torch::optim::serialize restores per-parameter state but not the param groups' options
+// (lr, …), while Python's Optimizer.load_state_dict restores both. quadnet's optimizers also
+// save each group's options and restore them on load, so a resumed run continues with the
+// saved settings in both languages.
 inline std::string group_options_key(size_t index) { return "quadnet/param_groups/" + std::to_string(index); }
 
 template <class Options>
