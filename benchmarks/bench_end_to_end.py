@@ -10,6 +10,7 @@ of the ℓ4 example (442 × 10 → 1: the single-output closed form) and a squar
 the same run.
 """
 import argparse
+import functools
 import os
 import sys
 import time
@@ -21,21 +22,23 @@ import quadnet  # noqa: E402
 from common import save_rows  # noqa: E402
 
 SIZES = [(442, 10, 1), (128, 512, 512)]
-VARIANTS = ["SGD", "SGD, depth 2", "SGD, depth 3", "EndToEndSGD N=2", "EndToEndSGD N=3", "AdaGrad", "Adam"]
+# name -> (depth of the model's factorisation, optimizer (params, lr=...))
+VARIANTS = {
+    "SGD": (1, torch.optim.SGD),
+    "SGD, depth 2": (2, torch.optim.SGD),
+    "SGD, depth 3": (3, torch.optim.SGD),
+    "EndToEndSGD N=2": (1, functools.partial(quadnet.optim.EndToEndSGD, depth=2)),
+    "EndToEndSGD N=3": (1, functools.partial(quadnet.optim.EndToEndSGD, depth=3)),
+    "AdaGrad": (1, torch.optim.Adagrad),
+    "Adam": (1, torch.optim.Adam),
+}
 
 
 def setup(variant, d_in, d_out):
-    depth = {"SGD, depth 2": 2, "SGD, depth 3": 3}.get(variant, 1)
+    depth, optimizer = VARIANTS[variant]
     model = (quadnet.nn.OverparamLinear(d_in, d_out, depth, init_scale=0.1) if depth > 1
              else torch.nn.Linear(d_in, d_out))
-    lr = 1e-4
-    if variant.startswith("EndToEndSGD"):
-        return model, quadnet.optim.EndToEndSGD(model.parameters(), lr=lr, depth=int(variant[-1]))
-    if variant == "AdaGrad":
-        return model, torch.optim.Adagrad(model.parameters(), lr=lr)
-    if variant == "Adam":
-        return model, torch.optim.Adam(model.parameters(), lr=lr)
-    return model, torch.optim.SGD(model.parameters(), lr=lr)
+    return model, optimizer(model.parameters(), lr=1e-4)
 
 
 def median_step(model, opt, x, y, repeats=30):

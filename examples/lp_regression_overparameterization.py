@@ -18,6 +18,7 @@ Loss vs iteration is saved as PNG and JSON for p = 4 and p = 2 (the source claim
 for p > 2 only).
 """
 import argparse
+import functools
 import json
 import math
 import os
@@ -41,10 +42,23 @@ def load_diabetes():
     return (x - x.mean(0)) / x.std(0), (y - y.mean()) / y.std()
 
 
+# name -> (depth of the model's factorisation, optimizer (params, lr=...))
+METHODS = {
+    "depth 1": (1, torch.optim.SGD),
+    "depth 2": (2, torch.optim.SGD),
+    "depth 3": (3, torch.optim.SGD),
+    "EndToEndSGD N=2": (1, functools.partial(quadnet.optim.EndToEndSGD, depth=2)),
+    "EndToEndSGD N=3": (1, functools.partial(quadnet.optim.EndToEndSGD, depth=3)),
+    "AdaGrad": (1, torch.optim.Adagrad),
+    "Adam": (1, torch.optim.Adam),
+    "Adam, depth 2": (2, torch.optim.Adam),
+}
+
+
 def make(method, w0, lr):
     """(model, optimizer) for one method, starting from end-to-end weight w0 (1 × d), bias 0."""
+    depth, optimizer = METHODS[method]
     d = w0.shape[1]
-    depth = {"depth 2": 2, "depth 3": 3, "Adam, depth 2": 2}.get(method, 1)
     if depth > 1:
         model = quadnet.nn.OverparamLinear(d, 1, depth, init=w0, dtype=torch.float64)
     else:
@@ -52,20 +66,7 @@ def make(method, w0, lr):
         with torch.no_grad():
             model.weight.copy_(w0)
             model.bias.zero_()
-    params = model.parameters()
-    if method.startswith("EndToEndSGD"):
-        opt = quadnet.optim.EndToEndSGD(params, lr=lr, depth=int(method[-1]))
-    elif method.startswith("Adam"):
-        opt = torch.optim.Adam(params, lr=lr)
-    elif method == "AdaGrad":
-        opt = torch.optim.Adagrad(params, lr=lr)
-    else:
-        opt = torch.optim.SGD(params, lr=lr)
-    return model, opt
-
-
-METHODS = ["depth 1", "depth 2", "depth 3", "EndToEndSGD N=2", "EndToEndSGD N=3", "AdaGrad", "Adam",
-           "Adam, depth 2"]
+    return model, optimizer(model.parameters(), lr=lr)
 
 
 def run(method, lr, p, x, y, w0, steps):
