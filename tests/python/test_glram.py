@@ -93,24 +93,20 @@ def dense_step(weight, S, X, G, lr, **kw):
     return A, glram(A, weight.shape[0], init=weight, **kw)
 
 
-@pytest.mark.parametrize("B, d", [(5, 40), (3, 12), (20, 12), (40, 12)])  # B < d and B ≥ d
-@pytest.mark.parametrize("n", [1, 4])
-@pytest.mark.parametrize("max_iter", [3, 10000])
-def test_factored_step_matches_dense(B, d, n, max_iter):
+def assert_step_matches_dense(weight, S, X, G, max_iter):
     """Iteration for iteration, the factored step is the dense GLRAM on the materialised A.
 
     With a fixed number of iterations both must agree to rounding (projector to 1e-8). Run to
     convergence (tol=0), both stop at the objective's float64 resolution: the objectives agree,
     the subspaces only to ~sqrt(eps) (a flat optimum), so that case checks the objective only.
     """
-    r = 3
-    weight, S = random_model(n, d, r)
-    X, G = torch.randn(B, d, dtype=torch.float64), torch.randn(B, n, dtype=torch.float64)
     kw = {"tol": 0.0, "max_iter": max_iter}
     step = projected_step(weight, S, X, G, 0.05, **kw)
     A, dense = dense_step(weight, S, X, G, 0.05, **kw)
     np.testing.assert_allclose(float(step.objective[-1]), float(dense.objective[-1]), rtol=1e-10)
     np.testing.assert_allclose(float(step.objective[-1]), error(A, step), rtol=1e-8)
+    torch.testing.assert_close(step.weight @ step.weight.T, torch.eye(weight.shape[0], dtype=torch.float64),
+                               rtol=0, atol=1e-9)
     if max_iter == 3 and step.iterations == dense.iterations:
         torch.testing.assert_close(step.objective, dense.objective, rtol=1e-10, atol=0)
         torch.testing.assert_close(step.weight.T @ step.weight, dense.weight.T @ dense.weight, rtol=0, atol=1e-8)
@@ -118,6 +114,36 @@ def test_factored_step_matches_dense(B, d, n, max_iter):
         torch.testing.assert_close(reconstruction(step), reconstruction(dense), rtol=0, atol=1e-8 * scale)
     else:
         assert max_iter > 3, "3 iterations must not reach the rounding floor in these sizes"
+
+
+@pytest.mark.parametrize("B, d", [(5, 40), (30, 80), (3, 12), (20, 12), (40, 12)])  # B < d and B ≥ d
+@pytest.mark.parametrize("n", [1, 4])
+@pytest.mark.parametrize("max_iter", [3, 10000])
+def test_factored_step_matches_dense(B, d, n, max_iter):
+    r = 3
+    weight, S = random_model(n, d, r)
+    X, G = torch.randn(B, d, dtype=torch.float64), torch.randn(B, n, dtype=torch.float64)
+    assert_step_matches_dense(weight, S, X, G, max_iter)
+
+
+@pytest.mark.parametrize("samples", ["repeated", "nearly collinear"])
+@pytest.mark.parametrize("n", [1, 4])
+@pytest.mark.parametrize("max_iter", [3, 10000])
+def test_factored_step_with_dependent_samples_matches_dense(samples, n, max_iter):
+    """Repeated samples make [W^T | X^T] rank deficient (no Cholesky factor of its Gram exists);
+    nearly collinear ones give a Cholesky factor too inaccurate to use (cond² · eps ≈ 1e-6) where
+    the gradient weights their difference. The step must take the QR route: same answer as dense."""
+    r, d, B = 3, 40, 8
+    weight, S = random_model(n, d, r)
+    X, G = torch.randn(B, d, dtype=torch.float64), torch.randn(B, n, dtype=torch.float64)
+    if samples == "repeated":
+        X[5] = X[2]
+        X[7] = 3 * X[1]
+    else:  # x_5 − x_2 = 1e-5 z: a new direction, weighted O(1) by G[5] = −G[2] = 1e5
+        X[5] = X[2] + 1e-5 * torch.randn(d, dtype=torch.float64)
+        G[5] = 1e5
+        G[2] = -1e5
+    assert_step_matches_dense(weight, S, X, G, max_iter)
 
 
 def test_projected_step_on_exact_gradient_direction_reduces_loss():
