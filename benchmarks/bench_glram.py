@@ -7,6 +7,14 @@ k = r + B), of the dense route (materialise A_i = W^T S_i W − lr X^T diag(G_i)
 quadnet.linalg.glram warm-started from W), and of a plain forward+backward of the layer;
 and the peak extra memory of each projection, measured in a fresh subprocess (ru_maxrss).
 Both projections run the same GLRAM settings (tol=1e-6, max_iter=100, warm start).
+
+The random step above is far from a training step (its gradient term dominates the model, so
+GLRAM needs many iterations). The training rows time projected_step inside a real training
+loop: a student layer of the same shape fitted by projected SGD (canonical lr TRAIN_LR) to a
+random teacher layer on fresh Gaussian batches (MSE), warm-started from its current W as
+GLRAMSGD does; medians over the steps after TRAIN_WARMUP. The floor row times what every
+exact step must do at least once: the d×k float64 Gram matrix of [W^T | X^T] and one k×k
+float64 eigen-solve (GLRAM needs one per iteration).
 """
 import argparse
 import os
@@ -24,6 +32,7 @@ from quadnet.ops import canonical_form, canonical_gradient  # noqa: E402
 
 SHAPES = [(128, 784, 25, 10), (128, 900, 10, 100)]
 LR = 0.1
+TRAIN_LR, TRAIN_STEPS, TRAIN_WARMUP = 0.01, 40, 10
 
 
 def problem(B, d, r, n):
@@ -49,6 +58,45 @@ def forward_backward(layer, X, G):
     layer(X).backward(G)
 
 
+def median(values):
+    return sorted(values)[len(values) // 2]
+
+
+def training(B, d, r, n):
+    """Projected SGD of a student layer towards a teacher: per-step projection time, GLRAM
+    iterations and loss, with the layer's forward+backward timed on the same batches."""
+    torch.manual_seed(1)
+    teacher, student = quadnet.nn.QuadraticLayer(d, n, r), quadnet.nn.QuadraticLayer(d, n, r)
+    seconds, iterations, losses = [], [], []
+    for _ in range(TRAIN_STEPS):
+        X = torch.randn(B, d)
+        with torch.no_grad():
+            target = teacher(X)
+        Y = student(X)
+        loss = torch.nn.functional.mse_loss(Y, target)
+        (G,) = torch.autograd.grad(loss, Y)
+        t0 = time.perf_counter()
+        res = projected_step(student.weight.detach(), student.S.detach(), X, G, TRAIN_LR)
+        seconds.append(time.perf_counter() - t0)
+        with torch.no_grad():
+            student.weight.copy_(res.weight)
+            student.S.copy_(res.S)
+        iterations.append(res.iterations)
+        losses.append(loss.item())
+    t_fb = median_time(forward_backward, student, X, G, repeats=50)
+    return {"seconds": median(seconds[TRAIN_WARMUP:]), "iterations": median(iterations[TRAIN_WARMUP:]),
+            "max_iterations": max(iterations[TRAIN_WARMUP:]), "forward_backward": t_fb,
+            "loss_first": losses[0], "loss_last": sum(losses[-5:]) / 5}
+
+
+def floor(B, d, r, n):
+    """Times of the d×k Gram matrix and of one k×k eigen-solve, both float64."""
+    k = r + B
+    C = torch.randn(d, k, dtype=torch.float64)
+    M = C.T @ C
+    return {"gram": median_time(lambda: C.T @ C, repeats=50), "eigh": median_time(torch.linalg.eigh, M, repeats=50)}
+
+
 def median_time(fn, *args, repeats=5, budget=20.0):
     fn(*args)
     times, start = [], time.perf_counter()
@@ -56,7 +104,7 @@ def median_time(fn, *args, repeats=5, budget=20.0):
         t0 = time.perf_counter()
         fn(*args)
         times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    return median(times)
 
 
 def peak_extra_bytes(variant, shape):
@@ -101,6 +149,7 @@ def main():
         res_f, res_d = factored(layer, X, G), dense(layer, X, G)
         mem_f, mem_d = peak_extra_bytes("factored", shape), peak_extra_bytes("dense", shape)
         k = r + B
+        train, low = training(*shape), floor(*shape)
         row = {
             "shape": list(shape), "k": k,
             "seconds": {"factored": t_fact, "dense": t_dense, "forward_backward": t_fb},
@@ -110,6 +159,8 @@ def main():
             "peak_extra_MB": {"factored": mem_f / 2**20, "dense": mem_d / 2**20},
             "model_MB": {"n_d2_float64": n * d * d * 8 / 2**20,
                          "d_k_plus_n_k2_float64": (d * k + n * k * k) * 8 / 2**20},
+            "training": {**train, "step_over_forward_backward": train["seconds"] / train["forward_backward"]},
+            "floor_seconds": low,
         }
         rows.append(row)
         print(f"(B,d,r,n)={shape}  k={k}")
@@ -121,6 +172,12 @@ def main():
         print(f"  peak extra memory factored {mem_f / 2**20:8.1f} MB   dense {mem_d / 2**20:8.1f} MB   "
               f"(n·d² float64 = {row['model_MB']['n_d2_float64']:.1f} MB, "
               f"d·k + n·k² float64 = {row['model_MB']['d_k_plus_n_k2_float64']:.1f} MB)")
+        print(f"  training (lr {TRAIN_LR}, steps {TRAIN_WARMUP}-{TRAIN_STEPS}): projected step {train['seconds'] * 1e3:.2f} ms, "
+              f"GLRAM iterations median {train['iterations']} max {train['max_iterations']}, layer fwd+bwd "
+              f"{train['forward_backward'] * 1e3:.3f} ms, step / fwd+bwd {row['training']['step_over_forward_backward']:.1f}x, "
+              f"loss {train['loss_first']:.4g} -> {train['loss_last']:.4g}")
+        print(f"  floor: d×k Gram {low['gram'] * 1e3:.2f} ms + one k×k eigh {low['eigh'] * 1e3:.2f} ms "
+              f"= {(low['gram'] + low['eigh']) / t_fb:.1f}x fwd+bwd")
     save_rows(args.json, rows)
 
 

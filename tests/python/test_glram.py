@@ -169,6 +169,8 @@ def test_projected_step_on_exact_gradient_direction_reduces_loss():
     (lambda A: glram(A[0], 2), r"expected A of shape \(n, d, d\)"),
     (lambda A: glram(A + torch.triu(torch.ones(6, 6), 1), 2), r"A must be symmetric"),
     (lambda A: glram(A.index_put((torch.tensor([0]), torch.tensor([1]), torch.tensor([1])), torch.tensor(float("nan"), dtype=torch.float64)), 2), r"A contains NaN or Inf"),
+    (lambda A: glram(A.index_put((torch.tensor([2]), torch.tensor([3]), torch.tensor([3])), torch.tensor(-float("inf"), dtype=torch.float64)), 2), r"A contains NaN or Inf"),
+    (lambda A: glram(A, 2, init=torch.full((2, 6), float("inf"), dtype=torch.float64)), r"init contains NaN or Inf"),
     (lambda A: glram(A, 2, init=torch.randn(3, 6, dtype=torch.float64)), r"expected init of shape \(rank=2, d=6\)"),
     (lambda A: glram(A, 2, tol=-1.0), r"tol must be"),
     (lambda A: glram(A.long(), 2), r"floating point"),

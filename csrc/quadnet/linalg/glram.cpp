@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 #include <tuple>
 #include <vector>
@@ -30,6 +31,12 @@ at::Tensor top_subspace(const at::Tensor& P, int64_t r) {
     return U.narrow(1, 0, r);
   }
   return top_eigenvectors(at::mm(P, P.t()), r);
+}
+
+// ||t||_F^2 without a temporary of t's size.
+double squared_norm(const at::Tensor& t) {
+  auto flat = t.reshape(-1);
+  return at::dot(flat, flat).item<double>();
 }
 
 // The projected cores V^T A_i V (n × r × r) from AV = A V (n × d × r). Written (A_i V)^T V so
@@ -61,7 +68,7 @@ class DenseMatrices {
   struct State {
     at::Tensor V, AV;  // AV = A V (n × m × r), reused between iterations
   };
-  explicit DenseMatrices(at::Tensor A) : A_(std::move(A)), total_(A_.square().sum().item<double>()) {}
+  explicit DenseMatrices(at::Tensor A) : A_(std::move(A)), total_(squared_norm(A_)) {}
 
   double total() const { return total_; }
   State at(const at::Tensor& V) const { return {V, at::matmul(A_, V)}; }
@@ -230,7 +237,7 @@ GLRAMResult alternate(const Problem& problem, at::Tensor V, const GLRAMOptions& 
 // GLRAM on float64 symmetric A (n, d, d); V0 (d × r) orthonormal or undefined (classic start).
 GLRAMResult glram_float64(const at::Tensor& A, int64_t r, at::Tensor V, const GLRAMOptions& options) {
   if (A.size(0) == 1) {  // exact: Eckart–Young by |λ|
-    const double total = A.square().sum().item<double>();
+    const double total = squared_norm(A);
     auto eig = at::linalg_eigh(A[0]);
     auto order = std::get<0>(eig).abs().argsort(/*dim=*/0, /*descending=*/true).narrow(0, 0, r);
     V = std::get<1>(eig).index_select(1, order);
@@ -247,7 +254,7 @@ GLRAMResult glram_float64(const at::Tensor& A, int64_t r, at::Tensor V, const GL
 }
 
 void check_finite(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK(at::isfinite(t).all().item<bool>(), op, ": ", name, " contains NaN or Inf");
+  TORCH_CHECK(utils::all_finite(t), op, ": ", name, " contains NaN or Inf");
 }
 
 void check_options(const char* op, const GLRAMOptions& options) {
@@ -276,14 +283,18 @@ GLRAMResult glram(const at::Tensor& A, int64_t rank, const GLRAMOptions& options
   utils::check_same_floating(op, {{"A", A}});
   check_rank(op, rank, A.size(1));
   check_options(op, options);
-  check_finite(op, "A", A);
+  // One temporary of A's size (A − A^T, then reused for the symmetric part): at n·d² sizes
+  // the checks would otherwise cost more than the projection.
   auto A64 = A.to(at::kDouble);
-  const double scale = std::max(1.0, A64.abs().max().item<double>());
+  const double hi = A64.max().item<double>(), lo = A64.min().item<double>();
+  TORCH_CHECK(std::isfinite(hi) && std::isfinite(lo), op, ": A contains NaN or Inf");
+  const double scale = std::max({1.0, hi, -lo});
   const double sym_tol = A.scalar_type() == at::kDouble ? 1e-10 : 1e-4;
-  const double asym = (A64 - A64.transpose(1, 2)).abs().max().item<double>();
+  auto skew = A64 - A64.transpose(1, 2);
+  const double asym = std::max(skew.max().item<double>(), -skew.min().item<double>());
   TORCH_CHECK(asym <= sym_tol * scale, op, ": A must be symmetric; max |A - A^T| = ", asym,
               " exceeds ", sym_tol, " x max(1, max |A|)");
-  A64 = symmetric_part(A64);
+  A64 = skew.mul_(-0.5).add_(A64);  // A − (A − A^T)/2, the symmetric part
 
   at::Tensor V;
   if (options.init().defined()) {

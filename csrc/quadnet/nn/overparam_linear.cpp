@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "../utils/checks.h"
 #include "detail.h"
 
 namespace quadnet {
@@ -30,7 +31,7 @@ std::vector<torch::Tensor> balanced_factors(const torch::Tensor& matrix, int64_t
   TORCH_CHECK(depth >= 1, op, ": depth must be >= 1, got ", depth);
   TORCH_CHECK(width >= 1, op, ": width must be >= 1, got ", width);
   TORCH_CHECK(matrix.is_floating_point(), op, ": expected a floating-point matrix, got ", matrix.scalar_type());
-  TORCH_CHECK(at::isfinite(matrix).all().item<bool>(), op, ": matrix contains NaN or Inf");
+  TORCH_CHECK(utils::all_finite(matrix), op, ": matrix contains NaN or Inf");
   if (depth == 1) return {matrix.clone()};
   const auto out = matrix.size(0), in = matrix.size(1);
   auto svd = at::linalg_svd(matrix.to(at::kDouble), /*full_matrices=*/false);

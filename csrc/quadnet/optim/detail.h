@@ -5,6 +5,8 @@
 #include <torch/optim/optimizer.h>
 #include <torch/serialize/archive.h>
 
+#include "../utils/checks.h"
+
 #include <memory>
 #include <string>
 
@@ -14,7 +16,7 @@ namespace detail {
 
 // An update is committed only when every new value is finite.
 inline void check_finite_update(const char* optimizer, const char* what, const torch::Tensor& t) {
-  TORCH_CHECK(at::isfinite(t).all().item<bool>(), optimizer, ": the step would make ", what,
+  TORCH_CHECK(utils::all_finite(t), optimizer, ": the step would make ", what,
               " NaN or Inf (loss or learning rate too large?); no parameter was changed");
 }
 

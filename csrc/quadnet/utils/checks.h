@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <cmath>
 #include <initializer_list>
 #include <utility>
 
@@ -26,6 +27,14 @@ inline void check_same_floating(const char* op, std::initializer_list<NamedTenso
                 " on the device of ", first.first, " (", first.second.device(), "), got ",
                 t.second.device());
   }
+}
+
+// No element is NaN or ±Inf. Two reductions (max and min propagate NaN) and no tensor-sized
+// temporary: at::isfinite(t).all() allocates one, which for an n·d² stack of canonical matrices
+// costs more than the check itself.
+inline bool all_finite(const at::Tensor& t) {
+  if (t.numel() == 0) return true;
+  return std::isfinite(t.max().item<double>()) && std::isfinite(t.min().item<double>());
 }
 
 }  // namespace utils
