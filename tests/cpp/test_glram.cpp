@@ -48,13 +48,12 @@ TEST(GLRAM, ObjectiveNeverIncreases) {
   EXPECT_LE(diffs.max().item<double>(), 0.0);
 }
 
-TEST(GLRAM, FactoredStepMatchesDenseProjection) {
-  torch::manual_seed(3);
-  const int64_t d = 30, r = 3, n = 4, B = 5;
-  auto W = torch::randn({r, d}, torch::kFloat64), S = torch::randn({n, r, r}, torch::kFloat64);
-  auto X = torch::randn({B, d}, torch::kFloat64), G = torch::randn({B, n}, torch::kFloat64);
+// A fixed number of iterations: the factored step and dense GLRAM on the materialised A must
+// agree to rounding, iteration for iteration.
+void expect_step_matches_dense(const torch::Tensor& W, const torch::Tensor& S, const torch::Tensor& X,
+                               const torch::Tensor& G) {
+  const int64_t r = W.size(0);
   const double lr = 0.1;
-  // A fixed number of iterations: both paths must agree to rounding, iteration for iteration.
   auto opts = GLRAMOptions().tol(0).max_iter(3);
   auto step = quadnet::linalg::projected_step(W, S, X, G, lr, opts);
   auto A = quadnet::canonical_form(W, S) - lr * quadnet::canonical_gradient(X, G);
@@ -64,6 +63,31 @@ TEST(GLRAM, FactoredStepMatchesDenseProjection) {
   EXPECT_TRUE(torch::allclose(step.objective, dense.objective, 1e-10, 0));
   auto P_step = torch::mm(step.weight.t(), step.weight), P_dense = torch::mm(dense.weight.t(), dense.weight);
   EXPECT_TRUE(torch::allclose(P_step, P_dense, 1e-8, 1e-8));
+}
+
+TEST(GLRAM, FactoredStepMatchesDenseProjection) {
+  torch::manual_seed(3);
+  const int64_t d = 30, r = 3, n = 4, B = 5;
+  expect_step_matches_dense(torch::randn({r, d}, torch::kFloat64), torch::randn({n, r, r}, torch::kFloat64),
+                            torch::randn({B, d}, torch::kFloat64), torch::randn({B, n}, torch::kFloat64));
+}
+
+// Repeated samples (no Cholesky factor of the Gram matrix) and nearly collinear ones whose
+// difference the gradient weights (a Cholesky factor too inaccurate to use): the QR route.
+TEST(GLRAM, FactoredStepWithDependentSamplesMatchesDenseProjection) {
+  torch::manual_seed(4);
+  const int64_t d = 40, r = 3, n = 4, B = 8;
+  auto W = torch::randn({r, d}, torch::kFloat64), S = torch::randn({n, r, r}, torch::kFloat64);
+  auto X = torch::randn({B, d}, torch::kFloat64), G = torch::randn({B, n}, torch::kFloat64);
+  auto repeated = X.clone();
+  repeated[5].copy_(repeated[2]);
+  expect_step_matches_dense(W, S, repeated, G);
+  auto collinear = X.clone();
+  collinear[5].copy_(collinear[2] + 1e-5 * torch::randn({d}, torch::kFloat64));
+  auto weighted = G.clone();
+  weighted[5].fill_(1e5);
+  weighted[2].fill_(-1e5);
+  expect_step_matches_dense(W, S, collinear, weighted);
 }
 
 TEST(GLRAM, BadInputIsRejected) {
