@@ -42,7 +42,9 @@ GLRAMResult glram(const at::Tensor& A, int64_t rank, const GLRAMOptions& options
 //   A_i = W^T sym(S_i) W − lr · X^T diag(G[:, i]) X,
 // warm-started from `weight`, computed without forming any d×d matrix: a thin QR of
 // [W^T | X^T] (d × k, k = rank + batch) reduces it to GLRAM on k×k cores with the same answer.
-// When k ≥ d the dense form is used. weight (r, d), S (n, r, r), X (B, d), G = ∂ℓ/∂y (B, n).
+// The QR comes from the Cholesky factor of the k×k Gram matrix when that is accurate (Q stays
+// implicit), else from Householder QR (repeated or nearly collinear samples). When k ≥ d the
+// dense form is used. weight (r, d), S (n, r, r), X (B, d), G = ∂ℓ/∂y (B, n).
 // options.init must be unset (the warm start is `weight`).
 GLRAMResult projected_step(const at::Tensor& weight, const at::Tensor& S, const at::Tensor& X,
                            const at::Tensor& G, double lr, const GLRAMOptions& options = {});
