@@ -283,8 +283,8 @@ GLRAMResult glram(const at::Tensor& A, int64_t rank, const GLRAMOptions& options
   utils::check_same_floating(op, {{"A", A}});
   check_rank(op, rank, A.size(1));
   check_options(op, options);
-  // One temporary of A's size (A − A^T, then reused for the symmetric part): at n·d² sizes
-  // the checks would otherwise cost more than the projection.
+  // Beyond the float64 copy of a float32 A, one temporary of A's size (A − A^T, reused for the
+  // symmetric part): at n·d² sizes, checks with more temporaries cost more than GLRAM itself.
   auto A64 = A.to(at::kDouble);
   const double hi = A64.max().item<double>(), lo = A64.min().item<double>();
   TORCH_CHECK(std::isfinite(hi) && std::isfinite(lo), op, ": A contains NaN or Inf");

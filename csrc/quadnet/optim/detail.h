@@ -5,10 +5,10 @@
 #include <torch/optim/optimizer.h>
 #include <torch/serialize/archive.h>
 
-#include "../utils/checks.h"
-
 #include <memory>
 #include <string>
+
+#include "../utils/checks.h"
 
 namespace quadnet {
 namespace optim {
