@@ -64,7 +64,7 @@ def median(values):
 
 def training(B, d, r, n):
     """Projected SGD of a student layer towards a teacher: per-step projection time, GLRAM
-    iterations and loss, with the layer's forward+backward timed on the same batches."""
+    iterations and loss, and the trained layer's forward+backward timed on the last batch."""
     torch.manual_seed(1)
     teacher, student = quadnet.nn.QuadraticLayer(d, n, r), quadnet.nn.QuadraticLayer(d, n, r)
     seconds, iterations, losses = [], [], []
