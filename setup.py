@@ -1,47 +1,73 @@
 """Builds the quadnet Python package and its C++ extension (quadnet._C).
 
-    pip install --no-build-isolation .        # or -e . for an editable install
+    pip install torch==2.13.0                  # first: the extension builds against this torch
+    pip install --no-build-isolation -e .      # or `.` for a regular install
 
-The extension compiles the same C++ sources as the CMake library (CMakeLists.txt).
+The extension compiles the same C++ sources as the CMake library (CMakeLists.txt), with the
+compiler flags of the installed torch (C++20 for torch >= 2.10; quadnet's own code is C++17).
+The torch it was built with is recorded in quadnet/_build_info.py, so that importing it under
+another torch fails with a message naming both versions instead of a missing linker symbol.
 """
-import glob
 import os
 import re
 
+import torch
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension
+from torch.utils.cpp_extension import BuildExtension, CppExtension, include_paths
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
+def cmake_text():
+    with open(os.path.join(ROOT, "CMakeLists.txt")) as f:
+        return f.read()
+
+
 def library_sources():
     """The C++ library's sources, read from CMakeLists.txt so the two builds never drift."""
-    with open(os.path.join(ROOT, "CMakeLists.txt")) as f:
-        block = re.search(r"set\(QUADNET_SOURCES(.*?)\)", f.read(), re.S).group(1)
-    return block.split()
+    return re.search(r"set\(QUADNET_SOURCES(.*?)\)", cmake_text(), re.S).group(1).split()
 
 
 def version():
-    with open(os.path.join(ROOT, "CMakeLists.txt")) as f:
-        return re.search(r"project\(quadnet VERSION ([0-9.]+)", f.read()).group(1)
+    return re.search(r"project\(quadnet VERSION ([0-9.]+)", cmake_text()).group(1)
+
+
+def check_torch_headers():
+    header = os.path.join(include_paths()[0], "torch", "extension.h")
+    if not os.path.exists(header):
+        raise RuntimeError(
+            f"quadnet: torch {torch.__version__} at {os.path.dirname(torch.__file__)} has no C++ headers "
+            f"({header} is missing), so the extension cannot be built against it. Install a torch that "
+            "ships them, e.g. the PyPI wheel: pip install torch==2.13.0, then build again with "
+            "pip install --no-build-isolation -e .")
+
+
+def write_build_info():
+    with open(os.path.join(ROOT, "python", "quadnet", "_build_info.py"), "w") as f:
+        f.write('"""Written by setup.py when quadnet._C is built: the torch it was built against."""\n')
+        f.write(f"TORCH_VERSION = {torch.__version__!r}\n")
+
+
+class BuildExtensionRecordingTorch(BuildExtension):
+    def run(self):
+        check_torch_headers()
+        write_build_info()
+        super().run()
 
 
 extension = CppExtension(
     name="quadnet._C",
     sources=library_sources() + ["csrc/python/bindings.cpp"],
     include_dirs=[os.path.join(ROOT, "csrc")],
-    # torch 1.13 passes -std=c++14; the later flag wins.
-    extra_compile_args=["-std=c++17", "-O2"],
+    extra_compile_args=["-O2"],
 )
 
 setup(
     name="quadnet",
     version=version(),
-    description="Quadratic layers, GLRAM projections and projection optimizers for PyTorch",
     package_dir={"": "python"},
     packages=find_packages("python"),
     ext_modules=[extension],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    python_requires=">=3.8",
+    cmdclass={"build_ext": BuildExtensionRecordingTorch.with_options(use_ninja=True)},
     zip_safe=False,
 )

@@ -12,9 +12,10 @@ time). Three ways to train it, every run on the same batches:
 - SGD with momentum, and Adam (one-cycle schedule): the usual baselines.
 
 Progress is printed per epoch; loss/accuracy curves (vs epoch and vs wall time) are saved as
-PNG and JSON, and the best model as TorchScript (model.pt, taking raw pixels in [0, 1]). If the
-C++ example app is built (scripts/setup.sh does it), the scripted model is run there on the
-Fashion-MNIST test set and its predictions are compared with Python's.
+PNG and JSON. The best model (taking raw pixels in [0, 1]) is exported with torch.export
+(dynamic batch size) and compiled into an AOTInductor package (model.pt2). If the C++ example
+app is built (scripts/setup.sh does it), it loads that package (AOTIModelPackageLoader),
+classifies the Fashion-MNIST test set, and its predictions are compared with Python's.
 """
 import argparse
 import json
@@ -152,6 +153,15 @@ def plot(runs, path):
     fig.savefig(path, dpi=110)
 
 
+def export_aoti(model, example, out):
+    """torch.export (batch size dynamic) + AOTInductor: a package the C++ app loads."""
+    start = time.time()
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    path = torch._inductor.aoti_compile_and_package(program, package_path=os.path.join(out, "model.pt2"))
+    print(f"exported and compiled with AOTInductor: {path} ({time.time() - start:.0f}s)")
+    return path
+
+
 def check_in_cpp(model_path, predictions, out):
     """Classifies the test set with the C++ app; returns its accuracy and agreement with Python."""
     if not os.path.exists(APP):
@@ -197,9 +207,9 @@ def main():
     best = max(runs, key=lambda r: r["final_test_accuracy"])
     os.makedirs(args.out, exist_ok=True)
     model = models[best["optimizer"]].eval()
-    model_path = os.path.join(args.out, "model.pt")
-    torch.jit.script(model).save(model_path)
+    model_path = export_aoti(model, xte[:256], args.out)
     _, predictions = evaluate(model, xte, yte)
+    model.eval()
     cpp = check_in_cpp(model_path, predictions, args.out)
     summary = {"model": {"sizes": SIZES, "ranks": RANKS, "norm": True, "degree": 2 ** (len(SIZES) - 1)},
                "batch": args.batch, "runs": runs, "best": best["optimizer"], "saved_model": model_path,
@@ -211,7 +221,7 @@ def main():
     for run in runs:
         print(f"  {run['optimizer']:8s} {run['epochs']} epochs  acc {run['final_test_accuracy']:.4f}  "
               f"{run['train_seconds']:.0f}s  ({run['seconds_per_step'] * 1e3:.1f} ms/step)")
-    print(f"best: {best['optimizer']} ({best['final_test_accuracy']:.4f}); scripted model {model_path}")
+    print(f"best: {best['optimizer']} ({best['final_test_accuracy']:.4f}); AOTInductor package {model_path}")
     print(f"saved {args.out}/results.json and {args.out}/curves.png; total {time.time() - start:.0f}s")
 
 

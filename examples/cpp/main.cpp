@@ -1,19 +1,27 @@
 // quadnet_app: runs quadnet models in a LibTorch program.
 //
+//   quadnet_app aoti MODEL.pt2 INPUT.pt OUTPUT.pt
+//       Loads an AOTInductor package made in Python (torch.export.export, then
+//       torch._inductor.aoti_compile_and_package) with AOTIModelPackageLoader and runs it on
+//       INPUT's tensor. The package calls torch.ops.quadnet.* through the dispatcher, so the
+//       app must link quadnet (it registers the ops when loaded). The recommended route.
 //   quadnet_app script MODEL.pt INPUT.pt OUTPUT.pt
 //       Loads a TorchScript model saved from Python (torch.jit.script(model).save(...)),
 //       whose quadratic layers call torch.ops.quadnet.*, and runs it on INPUT's tensor.
+//       TorchScript is deprecated in PyTorch 2.x; kept while LibTorch still runs it.
 //   quadnet_app state-dict SPEC WEIGHTS.pt INPUT.pt OUTPUT.pt
 //       Builds a torch::nn::Sequential of quadnet C++ modules from SPEC, e.g.
 //       "quadratic:8:6:3,diagonal:6:4:2,polynomial:4:4:2,overparam:4:2:3" (kind:in:out:rank,
 //       or kind:in:out:depth for overparam; all with bias), loads weights saved in Python by
 //       quadnet.save_state_dict(model, path) and runs it.
-//   quadnet_app classify MODEL.pt IMAGES.gz LABELS.gz PREDICTIONS.pt
-//       Loads a scripted classifier taking (N, 784) pixels in [0, 1], classifies the images
-//       of an MNIST-format idx file pair (e.g. Fashion-MNIST's t10k-*-idx*-ubyte.gz), prints
-//       the accuracy and writes the predicted classes (int64, N).
+//   quadnet_app classify MODEL IMAGES.gz LABELS.gz PREDICTIONS.pt
+//       Loads a classifier taking (N, 784) pixels in [0, 1] — an AOTInductor package if MODEL
+//       ends in .pt2, else a TorchScript file — classifies the images of an MNIST-format idx
+//       file pair (e.g. Fashion-MNIST's t10k-*-idx*-ubyte.gz) in batches of 1000, prints the
+//       accuracy and writes the predicted classes (int64, N).
 //
 // INPUT.pt holds a tensor saved with torch.save; OUTPUT.pt is written for torch.load.
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/script.h>
 #include <torch/torch.h>
 
@@ -23,6 +31,7 @@
 
 #include <cstdint>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <iterator>
 #include <sstream>
@@ -98,10 +107,30 @@ torch::nn::Sequential build_from_spec(const std::string& spec) {
   return model;
 }
 
+bool ends_with(const std::string& text, const std::string& suffix) {
+  return text.size() >= suffix.size() && text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// One tensor in, one tensor out: an AOTInductor package (.pt2) or a TorchScript module.
+std::function<torch::Tensor(const torch::Tensor&)> load_model(const std::string& path) {
+  if (ends_with(path, ".pt2")) {
+    auto loader = std::make_shared<torch::inductor::AOTIModelPackageLoader>(path);
+    return [loader](const torch::Tensor& x) {
+      auto outputs = loader->run({x});
+      if (outputs.size() != 1) throw std::runtime_error("expected a model with one output");
+      return outputs[0];
+    };
+  }
+  auto module = std::make_shared<torch::jit::Module>(torch::jit::load(path));
+  module->eval();
+  return [module](const torch::Tensor& x) { return module->forward({x}).toTensor(); };
+}
+
 int usage() {
-  std::cerr << "usage: quadnet_app script MODEL.pt INPUT.pt OUTPUT.pt\n"
+  std::cerr << "usage: quadnet_app aoti MODEL.pt2 INPUT.pt OUTPUT.pt\n"
+               "       quadnet_app script MODEL.pt INPUT.pt OUTPUT.pt\n"
                "       quadnet_app state-dict SPEC WEIGHTS.pt INPUT.pt OUTPUT.pt\n"
-               "       quadnet_app classify MODEL.pt IMAGES.gz LABELS.gz PREDICTIONS.pt\n";
+               "       quadnet_app classify MODEL(.pt2|.pt) IMAGES.gz LABELS.gz PREDICTIONS.pt\n";
   return 2;
 }
 
@@ -112,10 +141,9 @@ int main(int argc, char** argv) {
   if (args.empty()) return usage();
   try {
     torch::NoGradGuard no_grad;
-    if (args[0] == "script" && args.size() == 4) {
-      auto model = torch::jit::load(args[1]);
-      model.eval();
-      save_tensor(model.forward({load_tensor(args[2])}).toTensor(), args[3]);
+    if ((args[0] == "aoti" || args[0] == "script") && args.size() == 4) {
+      if (args[0] == "aoti" && !ends_with(args[1], ".pt2")) throw std::runtime_error("aoti: MODEL must be a .pt2 package");
+      save_tensor(load_model(args[1])(load_tensor(args[2])), args[3]);
     } else if (args[0] == "state-dict" && args.size() == 5) {
       auto model = build_from_spec(args[1]);
       quadnet::serialize::load_state_dict(*model, args[2]);
@@ -123,12 +151,13 @@ int main(int argc, char** argv) {
       model->to(x.scalar_type());
       save_tensor(model->forward(x), args[4]);
     } else if (args[0] == "classify" && args.size() == 5) {
-      auto model = torch::jit::load(args[1]);
-      model.eval();
+      auto model = load_model(args[1]);
       auto images = idx_tensor(args[2]);
       auto labels = idx_tensor(args[3]).to(torch::kInt64);
       auto x = images.reshape({images.size(0), -1}).to(torch::kFloat32) / 255.0;
-      auto predictions = model.forward({x}).toTensor().argmax(1);
+      std::vector<torch::Tensor> batches;
+      for (const auto& batch : x.split(1000)) batches.push_back(model(batch).argmax(1));
+      auto predictions = torch::cat(batches);
       const double accuracy = predictions.eq(labels).to(torch::kDouble).mean().item<double>();
       std::cout << "classified " << x.size(0) << " images: accuracy " << accuracy << "\n";
       save_tensor(predictions, args[4]);

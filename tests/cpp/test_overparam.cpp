@@ -18,7 +18,7 @@ const auto kDouble = torch::dtype(torch::kFloat64);
 torch::Tensor reference_direction(const torch::Tensor& W, const torch::Tensor& G, int64_t N) {
   auto power = [](const torch::Tensor& P, double e) {
     if (e == 0) return torch::eye(P.size(0), P.options());
-    auto eig = torch::linalg::eigh(P, "L");
+    auto eig = at::linalg_eigh(P, "L");
     auto lam = std::get<0>(eig), Q = std::get<1>(eig);
     lam = torch::where(lam > 1e-12 * lam.max(), lam, torch::zeros_like(lam));
     return torch::mm(Q * lam.pow(e), Q.t());

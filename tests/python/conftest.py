@@ -23,3 +23,7 @@ def quadnet_app():
         pytest.fail(f"C++ example app not found at {app}: build it with scripts/test.sh "
                     "(or set QUADNET_APP)")
     return app
+
+
+# Every device these tests run the library on: the CPU, and CUDA where there is one.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -100,3 +100,25 @@ def test_scripted_deep_polynomial_classifier_predicts_identically_in_cpp(quadnet
     accuracy = float((expected == labels).float().mean())
     reported = float(done.stdout.split("accuracy")[1])
     assert "classified 300 images" in done.stdout and abs(reported - accuracy) < 1e-6
+
+
+def test_aoti_package_runs_in_cpp(quadnet_app, tmp_path):
+    """torch.export + AOTInductor: the package runs in the C++ app as it runs in Python."""
+    model = torch.nn.Sequential(trained_model(), quadnet.nn.PolynomialBlock(4, 3, 2, norm=True)).eval()
+    x = torch.randn(9, 8)
+    program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    package = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "model.pt2"))
+    x = torch.randn(13, 8)  # another batch size: the batch dim is dynamic
+    torch.save(x, tmp_path / "x.pt")
+    run_app(quadnet_app, "aoti", package, tmp_path / "x.pt", tmp_path / "y.pt")
+    y_cpp = torch.load(tmp_path / "y.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(y_cpp, torch._inductor.aoti_load_package(package)(x), rtol=0, atol=0)
+        torch.testing.assert_close(y_cpp, model(x))  # Inductor's kernels against eager: float32 tolerance
+
+
+def test_cpp_app_rejects_a_non_package(quadnet_app, tmp_path):
+    torch.save(torch.randn(3, 8), tmp_path / "x.pt")
+    done = subprocess.run([str(quadnet_app), "aoti", str(tmp_path / "model.pt"), str(tmp_path / "x.pt"),
+                           str(tmp_path / "y.pt")], capture_output=True, text=True)
+    assert done.returncode == 1 and "MODEL must be a .pt2 package" in done.stderr

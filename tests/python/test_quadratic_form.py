@@ -7,13 +7,15 @@ from torch.autograd import gradcheck, gradgradcheck
 import quadnet
 from quadnet.ops import quadratic_form
 
+from conftest import DEVICES
+
 # (batch shape, d, r, n): r=1, n=1, batch dims, 1-D input.
 SHAPES = [((5,), 4, 3, 2), ((6,), 3, 1, 4), ((4,), 5, 2, 1), ((2, 3), 4, 2, 3), ((), 3, 2, 2),
           ((7,), 6, 4, 2)]
 
 
-def make(batch, d, r, n, dtype=torch.float64, requires_grad=True):
-    kw = {"dtype": dtype, "requires_grad": requires_grad}
+def make(batch, d, r, n, dtype=torch.float64, requires_grad=True, device="cpu"):
+    kw = {"dtype": dtype, "requires_grad": requires_grad, "device": device}
     return torch.randn(*batch, d, **kw), torch.randn(r, d, **kw), torch.randn(n, r, r, **kw)
 
 
@@ -24,28 +26,32 @@ def dense_reference(x, weight, S):
     return F.bilinear(flat, flat, A).reshape(*x.shape[:-1], S.shape[0])
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_gradcheck(shape):
-    assert gradcheck(quadratic_form, make(*shape))
+def test_gradcheck(shape, device):
+    assert gradcheck(quadratic_form, make(*shape, device=device))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_gradgradcheck(shape):
-    assert gradgradcheck(quadratic_form, make(*shape))
+def test_gradgradcheck(shape, device):
+    assert gradgradcheck(quadratic_form, make(*shape, device=device))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_matches_bilinear_reference(shape):
-    x, weight, S = make(*shape, requires_grad=False)
+def test_matches_bilinear_reference(shape, device):
+    x, weight, S = make(*shape, requires_grad=False, device=device)
     y = quadratic_form(x, weight, S)
     assert y.shape == (*shape[0], shape[3])
     torch.testing.assert_close(y, dense_reference(x, weight, S), rtol=1e-12, atol=1e-12)
 
 
-def test_float32_and_noncontiguous():
-    x = torch.randn(8, 3, 20).transpose(0, 1)       # (3, 8, 20), not contiguous
-    weight = torch.randn(20, 6).t()                  # (6, 20), not contiguous
-    S = torch.randn(6, 6, 5).permute(2, 0, 1)        # (5, 6, 6), not contiguous
+@pytest.mark.parametrize("device", DEVICES)
+def test_float32_and_noncontiguous(device):
+    x = torch.randn(8, 3, 20, device=device).transpose(0, 1)  # (3, 8, 20), not contiguous
+    weight = torch.randn(20, 6, device=device).t()             # (6, 20), not contiguous
+    S = torch.randn(6, 6, 5, device=device).permute(2, 0, 1)   # (5, 6, 6), not contiguous
     assert not (x.is_contiguous() or weight.is_contiguous() or S.is_contiguous())
     y = quadratic_form(x, weight, S)
     assert y.dtype == torch.float32 and y.shape == (3, 8, 5)
@@ -67,9 +73,11 @@ def test_registered_op_and_functional_agree():
     torch.testing.assert_close(torch.ops.quadnet.quadratic_form(x, weight, S), quadratic_form(x, weight, S))
 
 
-def test_diagonal_form_matches_reference():
-    x, weight = torch.randn(6, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
-    alpha = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_diagonal_form_matches_reference(device):
+    kw = {"dtype": torch.float64, "device": device}
+    x, weight = torch.randn(6, 5, **kw), torch.randn(3, 5, **kw)
+    alpha = torch.randn(2, 3, **kw, requires_grad=True)
     y = quadnet.ops.diagonal_quadratic_form(x, weight, alpha)
     torch.testing.assert_close(y, dense_reference(x, weight, torch.diag_embed(alpha)))
     assert gradcheck(quadnet.ops.diagonal_quadratic_form, (x.requires_grad_(), weight.requires_grad_(), alpha))
@@ -89,3 +97,27 @@ def test_diagonal_form_matches_reference():
 def test_bad_input_names_the_argument(args, message):
     with pytest.raises(RuntimeError, match=message):
         quadratic_form(*args)
+
+
+def test_gradients_of_backward_op_match_autograd_of_the_forward():
+    """_quadratic_form_backward against autograd through the ATen formula (independent)."""
+    x, weight, S = make((7,), 5, 3, 4, requires_grad=False)
+    S.requires_grad_(True)
+    h = (x @ weight.t()).requires_grad_(True)
+    y = torch.einsum("bi,nij,bj->bn", h, (S + S.transpose(1, 2)) / 2, h)
+    G = torch.randn_like(y)
+    dh_ref, dS_ref = torch.autograd.grad(y, (h, S), G)
+    _, h_op, z = torch.ops.quadnet._quadratic_form_forward(x, weight, S.detach())
+    dh, dS = torch.ops.quadnet._quadratic_form_backward(G, h_op, z)
+    torch.testing.assert_close(dh, dh_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dS, (dS_ref + dS_ref.transpose(1, 2)) / 2, rtol=1e-12, atol=1e-12)
+
+
+def test_gradient_of_weight_alone():
+    """Only the inputs that need gradients get them (x frozen: no ∂x computed or returned)."""
+    x, weight, S = make((6,), 4, 2, 3, requires_grad=False)
+    weight.requires_grad_(True)
+    y = quadratic_form(x, weight, S)
+    (gw,) = torch.autograd.grad(y.sum(), weight)
+    ref = torch.autograd.grad(dense_reference(x, weight, S).sum(), weight)[0]
+    torch.testing.assert_close(gw, ref)

@@ -1,22 +1,37 @@
 #pragma once
-// The quadratic layer's core op (DESIGN §1): y_i = (W x)^T sym(S_i) (W x).
+// The quadratic layer's ops (DESIGN §1): y_i = (W x)^T sym(S_i) (W x), its canonical form
+// and the diagonal (squared-activation) model. Each is registered as torch.ops.quadnet.<name>
+// (ops/register_ops.cpp); the C++ functions below call through the dispatcher, so C++ callers
+// get the same kernels, autograd and tracing behaviour as Python callers.
 
 #include <ATen/core/Tensor.h>
+
+#include <tuple>
 
 namespace quadnet {
 
 // x (..., d), weight (r, d), S (n, r, r)  ->  (..., n) with
 //   y[..., i] = h^T sym(S_i) h,  h = weight @ x[...],  sym(S) = (S + S^T) / 2.
-// Forward is one GEMM for all outputs (H · [S_1 … S_n]); backward is hand written
-// (no B×n×d×d or B×n×r×r temporaries). Double backward is supported: when the graph
-// of the backward is requested, the gradients are recomputed from the inputs with
-// differentiable ATen ops.
-// Registered as torch.ops.quadnet.quadratic_form.
+// Forward is one GEMM for all outputs (H · [S_1 … S_n]); the backward is its own op
+// (_quadratic_form_backward) with no B×n×d×d or B×n×r×r temporaries. Double backward is exact.
+// Kernels: CompositeExplicitAutograd (ATen ops, any device), Meta (shapes, symbolic sizes
+// included), Autograd (the hand-written backward).
 at::Tensor quadratic_form(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& S);
+
+// The forward with what the backward needs: x (B, d) -> (y (B, n), h (B, r), z (B, n, r)),
+// z[b, i] = sym(S_i) h_b. Registered as torch.ops.quadnet._quadratic_form_forward.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quadratic_form_forward(const at::Tensor& x,
+                                                                      const at::Tensor& weight,
+                                                                      const at::Tensor& S);
+
+// The backward of y[b, i] = h_b^T z[b, i] given grad = ∂ℓ/∂y (B, n), h (B, r), z (B, n, r):
+// returns (∂ℓ/∂h (B, r), ∂ℓ/∂S (n, r, r)); ∂ℓ/∂x and ∂ℓ/∂weight follow by one GEMM each.
+// Registered as torch.ops.quadnet._quadratic_form_backward.
+std::tuple<at::Tensor, at::Tensor> quadratic_form_backward(const at::Tensor& grad, const at::Tensor& h,
+                                                           const at::Tensor& z);
 
 // The older diagonal ("squared activation") model: x (..., d), weight (r, d),
 // alpha (n, r)  ->  (..., n) with y = alpha @ (weight @ x)^2.
-// Registered as torch.ops.quadnet.diagonal_quadratic_form.
 at::Tensor diagonal_quadratic_form(const at::Tensor& x, const at::Tensor& weight,
                                    const at::Tensor& alpha);
 
@@ -26,11 +41,38 @@ at::Tensor diagonal_quadratic_form(const at::Tensor& x, const at::Tensor& weight
 at::Tensor canonical_gradient(const at::Tensor& X, const at::Tensor& G);
 
 // Canonical matrices of the symmetric model: weight (r, d), S (n, r, r) -> A (n, d, d),
-// A_i = W^T sym(S_i) W. Registered as torch.ops.quadnet.canonical_form.
+// A_i = W^T sym(S_i) W.
 at::Tensor canonical_form(const at::Tensor& weight, const at::Tensor& S);
 
 // Canonical matrices of the diagonal model: A_i = W^T diag(alpha_i) W, (n, d, d).
-// Registered as torch.ops.quadnet.diagonal_canonical_form.
 at::Tensor diagonal_canonical_form(const at::Tensor& weight, const at::Tensor& alpha);
+
+namespace ops {
+// The kernels behind the registrations (ops/register_ops.cpp). The composite ones are also the
+// implementation of the functions above; call those, not these.
+at::Tensor quadratic_form_composite(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& S);
+at::Tensor quadratic_form_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& S);
+at::Tensor quadratic_form_autograd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& S);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quadratic_form_forward_composite(const at::Tensor& x,
+                                                                                const at::Tensor& weight,
+                                                                                const at::Tensor& S);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quadratic_form_forward_autograd(const at::Tensor& x,
+                                                                               const at::Tensor& weight,
+                                                                               const at::Tensor& S);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quadratic_form_forward_meta(const at::Tensor& x,
+                                                                           const at::Tensor& weight,
+                                                                           const at::Tensor& S);
+std::tuple<at::Tensor, at::Tensor> quadratic_form_backward_composite(const at::Tensor& grad, const at::Tensor& h,
+                                                                     const at::Tensor& z);
+std::tuple<at::Tensor, at::Tensor> quadratic_form_backward_meta(const at::Tensor& grad, const at::Tensor& h,
+                                                                const at::Tensor& z);
+std::tuple<at::Tensor, at::Tensor> quadratic_form_backward_autograd(const at::Tensor& grad, const at::Tensor& h,
+                                                                    const at::Tensor& z);
+at::Tensor diagonal_quadratic_form_composite(const at::Tensor& x, const at::Tensor& weight,
+                                             const at::Tensor& alpha);
+at::Tensor canonical_gradient_composite(const at::Tensor& X, const at::Tensor& G);
+at::Tensor canonical_form_composite(const at::Tensor& weight, const at::Tensor& S);
+at::Tensor diagonal_canonical_form_composite(const at::Tensor& weight, const at::Tensor& alpha);
+}  // namespace ops
 
 }  // namespace quadnet

@@ -1,16 +1,46 @@
-// The one place where quadnet's ops are declared to the dispatcher (torch.ops.quadnet.*).
-// The kernels are composite (ATen ops + a C++ autograd Function), so one registration
-// serves every device, autograd and TorchScript.
+// The one place where quadnet's ops are declared to the dispatcher (torch.ops.quadnet.*), as
+// PyTorch 2.x expects of custom ops: the schema in TORCH_LIBRARY, kernels per dispatch key.
+//
+// quadratic_form and the forward/backward ops it is built from have
+//   CompositeExplicitAutograd  the ATen composition (CPU, CUDA, any device ATen runs on),
+//   Meta                       output shapes only (FakeTensor: torch.compile, torch.export;
+//                              symbolic sizes included),
+//   Autograd                   quadratic_form: the hand-written backward (an autograd node that
+//                              calls the other two below autograd); _quadratic_form_forward and
+//                              _quadratic_form_backward: their formulas as differentiable ATen ops
+//                              when their own inputs need gradients (double backward, direct calls).
+// The other ops are short ATen compositions: CompositeImplicitAutograd (autograd, devices and
+// tracing come from the ATen ops they call).
 #include <torch/library.h>
 
 #include "quadratic_form.h"
 
 TORCH_LIBRARY(quadnet, m) {
-  m.def("quadratic_form(Tensor x, Tensor weight, Tensor S) -> Tensor", &quadnet::quadratic_form);
+  m.def("quadratic_form(Tensor x, Tensor weight, Tensor S) -> Tensor");
+  m.def("_quadratic_form_forward(Tensor x, Tensor weight, Tensor S) -> (Tensor y, Tensor h, Tensor z)");
+  m.def("_quadratic_form_backward(Tensor grad, Tensor h, Tensor z) -> (Tensor grad_h, Tensor grad_S)");
   m.def("diagonal_quadratic_form(Tensor x, Tensor weight, Tensor alpha) -> Tensor",
-        &quadnet::diagonal_quadratic_form);
-  m.def("canonical_gradient(Tensor X, Tensor G) -> Tensor", &quadnet::canonical_gradient);
-  m.def("canonical_form(Tensor weight, Tensor S) -> Tensor", &quadnet::canonical_form);
+        TORCH_FN(quadnet::ops::diagonal_quadratic_form_composite));
+  m.def("canonical_gradient(Tensor X, Tensor G) -> Tensor", TORCH_FN(quadnet::ops::canonical_gradient_composite));
+  m.def("canonical_form(Tensor weight, Tensor S) -> Tensor", TORCH_FN(quadnet::ops::canonical_form_composite));
   m.def("diagonal_canonical_form(Tensor weight, Tensor alpha) -> Tensor",
-        &quadnet::diagonal_canonical_form);
+        TORCH_FN(quadnet::ops::diagonal_canonical_form_composite));
+}
+
+TORCH_LIBRARY_IMPL(quadnet, CompositeExplicitAutograd, m) {
+  m.impl("quadratic_form", TORCH_FN(quadnet::ops::quadratic_form_composite));
+  m.impl("_quadratic_form_forward", TORCH_FN(quadnet::ops::quadratic_form_forward_composite));
+  m.impl("_quadratic_form_backward", TORCH_FN(quadnet::ops::quadratic_form_backward_composite));
+}
+
+TORCH_LIBRARY_IMPL(quadnet, Meta, m) {
+  m.impl("quadratic_form", TORCH_FN(quadnet::ops::quadratic_form_meta));
+  m.impl("_quadratic_form_forward", TORCH_FN(quadnet::ops::quadratic_form_forward_meta));
+  m.impl("_quadratic_form_backward", TORCH_FN(quadnet::ops::quadratic_form_backward_meta));
+}
+
+TORCH_LIBRARY_IMPL(quadnet, Autograd, m) {
+  m.impl("quadratic_form", TORCH_FN(quadnet::ops::quadratic_form_autograd));
+  m.impl("_quadratic_form_forward", TORCH_FN(quadnet::ops::quadratic_form_forward_autograd));
+  m.impl("_quadratic_form_backward", TORCH_FN(quadnet::ops::quadratic_form_backward_autograd));
 }

@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "../utils/checks.h"
 
@@ -18,6 +19,18 @@ namespace detail {
 inline void check_finite_update(const char* optimizer, const char* what, const torch::Tensor& t) {
   TORCH_CHECK(utils::all_finite(t), optimizer, ": the step would make ", what,
               " NaN or Inf (loss or learning rate too large?); no parameter was changed");
+}
+
+// Adds the param groups, each keeping the options it was given (the optimizer's defaults where it
+// has none). Why not Optimizer's constructor: since LibTorch 2.10 it merges a group's options
+// with the defaults field by field for LibTorch's own optimizer types only, and gives a group of
+// any other options type the defaults instead of its own options.
+inline void add_param_groups(torch::optim::Optimizer& optimizer,
+                             const std::vector<torch::optim::OptimizerParamGroup>& groups) {
+  for (const auto& group : groups) {
+    optimizer.add_param_group(group);
+    if (group.has_options()) optimizer.param_groups().back().set_options(group.options().clone());
+  }
 }
 
 // torch::optim::serialize restores per-parameter state but not the param groups' options

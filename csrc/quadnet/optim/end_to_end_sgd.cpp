@@ -85,7 +85,8 @@ void EndToEndSGDOptions::serialize(torch::serialize::InputArchive& archive) {
 }
 
 EndToEndSGD::EndToEndSGD(std::vector<torch::optim::OptimizerParamGroup> param_groups, EndToEndSGDOptions defaults)
-    : Optimizer(std::move(param_groups), std::make_unique<EndToEndSGDOptions>(defaults)) {
+    : Optimizer(std::vector<torch::optim::OptimizerParamGroup>{}, std::make_unique<EndToEndSGDOptions>(defaults)) {
+  detail::add_param_groups(*this, param_groups);
   for (const auto& group : param_groups_) {
     const auto& options = static_cast<const EndToEndSGDOptions&>(group.options());
     TORCH_CHECK(options.lr() >= 0, "EndToEndSGD: lr must be >= 0, got ", options.lr());

@@ -90,7 +90,8 @@ GLRAMSGD::GLRAMSGD(torch::nn::Module& model, GLRAMSGDOptions defaults)
 
 GLRAMSGD::GLRAMSGD(torch::nn::Module& model, std::vector<torch::optim::OptimizerParamGroup> param_groups,
                    GLRAMSGDOptions defaults)
-    : Optimizer(std::move(param_groups), std::make_unique<GLRAMSGDOptions>(defaults)) {
+    : Optimizer(std::vector<torch::optim::OptimizerParamGroup>{}, std::make_unique<GLRAMSGDOptions>(defaults)) {
+  detail::add_param_groups(*this, param_groups);
   // group index of every parameter given to the optimizer
   std::unordered_map<const void*, size_t> group_of;
   for (size_t g = 0; g < param_groups_.size(); ++g) {

@@ -1,0 +1,130 @@
+"""PyTorch 2.x integration of the ops: opcheck (schema, autograd registration, FakeTensor,
+AOT dispatch with dynamic shapes), torch.compile(fullgraph=True) against eager, torch.export."""
+import pytest
+import torch
+from torch.library import opcheck
+
+import quadnet
+from quadnet.nn import DeepPolynomialNet, QuadraticLayer
+
+from conftest import DEVICES
+
+DTYPES = [torch.float32, torch.float64]
+
+
+def tensors(*shapes, device, dtype, requires_grad):
+    return [torch.randn(*s, device=device, dtype=dtype, requires_grad=requires_grad) for s in shapes]
+
+
+# op -> argument shapes: each is checked with and without inputs that need gradients.
+OP_SAMPLES = {
+    "quadratic_form": [[(5, 4), (3, 4), (2, 3, 3)], [(2, 3, 6), (4, 6), (40, 4, 4)], [(6,), (2, 6), (1, 2, 2)]],
+    "_quadratic_form_forward": [[(5, 4), (3, 4), (2, 3, 3)], [(7, 6), (4, 6), (40, 4, 4)]],
+    "_quadratic_form_backward": [[(5, 2), (5, 3), (5, 2, 3)], [(7, 40), (7, 4), (7, 40, 4)]],
+    "diagonal_quadratic_form": [[(5, 4), (3, 4), (2, 3)], [(2, 3, 6), (4, 6), (5, 4)]],
+    "canonical_form": [[(3, 4), (2, 3, 3)]],
+    "diagonal_canonical_form": [[(3, 4), (2, 3)]],
+    "canonical_gradient": [[(6, 3), (6, 5)], [(6, 5), (6, 3)]],
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", sorted(OP_SAMPLES))
+def test_opcheck(name, dtype, device):
+    op = getattr(torch.ops.quadnet, name).default
+    for shapes in OP_SAMPLES[name]:
+        for requires_grad in (False, True):
+            opcheck(op, tensors(*shapes, device=device, dtype=dtype, requires_grad=requires_grad))
+
+
+def test_every_registered_op_is_opchecked():
+    registered = {name.split("::")[1] for name in torch._C._dispatch_get_all_op_names()
+                  if name.startswith("quadnet::")}
+    assert registered == set(OP_SAMPLES)
+
+
+def test_meta_kernels_give_shapes_and_check_arguments():
+    x, w, S = (torch.empty(*s, device="meta") for s in [(2, 5, 4), (3, 4), (6, 3, 3)])
+    assert torch.ops.quadnet.quadratic_form(x, w, S).shape == (2, 5, 6)
+    y, h, z = torch.ops.quadnet._quadratic_form_forward(x.reshape(10, 4), w, S)
+    assert (y.shape, h.shape, z.shape) == ((10, 6), (10, 3), (10, 6, 3))
+    with pytest.raises(RuntimeError, match=r"quadratic_form: x has 4 features .* weight of shape \[3, 5\]"):
+        torch.ops.quadnet.quadratic_form(x, torch.empty(3, 5, device="meta"), S)
+
+
+def check_compiled_matches_eager(model, x, dynamic=None):
+    compiled = torch.compile(model, fullgraph=True, dynamic=dynamic)
+    params = [p for p in model.parameters()]
+    y_eager = model(x)
+    grads_eager = torch.autograd.grad(y_eager.square().sum(), params)
+    y = compiled(x)
+    grads = torch.autograd.grad(y.square().sum(), params)
+    torch.testing.assert_close(y, y_eager)
+    for g, g_eager in zip(grads, grads_eager):
+        torch.testing.assert_close(g, g_eager)
+
+
+@pytest.fixture
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_quadratic_layer(device, fresh_dynamo):
+    layer = QuadraticLayer(12, 5, rank=4, device=device, dtype=torch.float64)
+    check_compiled_matches_eager(layer, torch.randn(3, 7, 12, device=device, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_sequential_with_dynamic_batch(device, fresh_dynamo):
+    model = torch.nn.Sequential(torch.nn.Linear(10, 8), QuadraticLayer(8, 40, rank=3), torch.nn.Tanh(),
+                                torch.nn.Linear(40, 2)).to(device=device, dtype=torch.float64)
+    for batch in (16, 9):  # a symbolic batch size: the Meta kernels see SymInts
+        check_compiled_matches_eager(model, torch.randn(batch, 10, device=device, dtype=torch.float64),
+                                     dynamic=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compile_deep_polynomial_net(device, fresh_dynamo):
+    net = DeepPolynomialNet([20, 12, 6, 3], ranks=[5, 4, 2], norm=True).to(device=device, dtype=torch.float64)
+    check_compiled_matches_eager(net, torch.randn(32, 20, device=device, dtype=torch.float64))
+    net.eval()
+    x = torch.randn(8, 20, device=device, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(net, fullgraph=True)(x), net(x))
+
+
+def test_compiled_graph_calls_the_ops(fresh_dynamo):
+    """The joint graph holds quadnet's forward and backward ops, not their decomposition."""
+    seen = []
+
+    def backend(gm, example_inputs):
+        from torch._functorch.aot_autograd import aot_module_simplified
+        from functorch.compile import make_boxed_func
+
+        def record(graph_module, _):
+            seen.extend(str(n.target) for n in graph_module.graph.nodes if n.op == "call_function")
+            return make_boxed_func(graph_module.forward)
+        return aot_module_simplified(gm, example_inputs, fw_compiler=record, bw_compiler=record)
+
+    layer = QuadraticLayer(6, 3, rank=2)
+    torch.compile(layer, backend=backend, fullgraph=True)(torch.randn(4, 6)).sum().backward()
+    assert "quadnet._quadratic_form_forward.default" in seen
+    assert "quadnet._quadratic_form_backward.default" in seen
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_export_deep_polynomial_net(device):
+    net = DeepPolynomialNet([20, 12, 3], ranks=[5, 4], norm=True).to(device).eval()
+    x = torch.randn(16, 20, device=device)
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(net, (x,), dynamic_shapes=({0: batch},))
+    targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    assert targets.count("quadnet.quadratic_form.default") == 2
+    with torch.no_grad():
+        for rows in (16, 5):
+            x = torch.randn(rows, 20, device=device)
+            torch.testing.assert_close(program.module()(x), net(x))
