@@ -113,7 +113,7 @@ def train(name, data, standardize, args):
             opt.step()
             schedule.step()
             elapsed += time.perf_counter() - start
-            epoch_loss += float(loss)
+            epoch_loss += loss.item()
             step += 1
             if i % 20 == 0 or i == steps_per_epoch - 1:
                 done = int(30 * (i + 1) / steps_per_epoch)

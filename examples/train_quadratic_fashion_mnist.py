@@ -2,8 +2,9 @@
 
     .venv/bin/python examples/train_quadratic_fashion_mnist.py [--steps 400] [--out results/quadratic_fmnist]
 
-The original experiment of seed 000 (MNIST, r=25, batch 128, lr=0.1). Each optimizer gets a
-small learning-rate grid; every run sees the same batches. Train loss (running mean) and test
+The original quadratic-layer experiment (Gissin, "Over-Parameterization and Optimization III:
+From Quadratic to Deep Polynomials"; MNIST, r=25, batch 128, lr=0.1). Each optimizer gets a small
+learning-rate grid; every run sees the same batches. Train loss (running mean) and test
 accuracy are recorded vs iterations and vs wall time, saved as JSON and as a PNG plot.
 """
 import argparse
@@ -57,7 +58,7 @@ def train(name, lr, data, args):
             print(f"\n  {name} lr={lr}: stopped at step {step}: {error}".splitlines()[1])
             break
         elapsed += time.perf_counter() - start
-        running = float(loss) if step == 1 else 0.95 * running + 0.05 * float(loss)
+        running = loss.item() if step == 1 else 0.95 * running + 0.05 * loss.item()
         if step % args.eval_every == 0 or step == args.steps:
             acc = evaluate(model, xte, yte)
             for key, value in zip(history, (step, elapsed, running, acc)):

@@ -59,7 +59,7 @@ def test_digits_training_lowers_loss_and_mixed_model_updates_all():
             loss = F.cross_entropy(model(X[i:i + 100]), y[i:i + 100])
             loss.backward()
             opt.step()
-            first = first if first is not None else float(loss)
+            first = first if first is not None else loss.item()
     with torch.no_grad():
         final = float(F.cross_entropy(model(X[:1500]), y[:1500]))
         accuracy = float((model(X[1500:]).argmax(1) == y[1500:]).float().mean())
@@ -180,7 +180,7 @@ def test_stacked_quadratic_layers_each_projected_with_backprop_between():
         loss = F.cross_entropy(model(X[i:i + 100]), y[i:i + 100])
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         assert len(opt.last_projections) == 2  # both layers projected every step
     assert sum(losses[-3:]) < 0.9 * sum(losses[:3])
     for block in model:

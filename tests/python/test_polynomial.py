@@ -124,7 +124,7 @@ def test_glram_sgd_trains_a_stack_with_norm():
         loss = F.cross_entropy(net(x), y)
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert losses[-1] < 0.6 * losses[0]
     assert len(opt.last_projections) == 2
 

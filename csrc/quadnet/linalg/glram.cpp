@@ -197,6 +197,9 @@ CoreBasis core_basis(const at::Tensor& C) {
 }
 
 // The alternating loop from an orthonormal start V (m × r).
+// Host synchronisation: the monotonicity guard and the stopping rule read each objective value
+// on the host (`captured`, one .item() per evaluation: 1–2 per iteration, a device sync on CUDA).
+// An iteration count decided by convergence needs them; everything else stays on the device.
 template <class Problem>
 GLRAMResult alternate(const Problem& problem, at::Tensor V, const GLRAMOptions& options) {
   const auto r = V.size(1);

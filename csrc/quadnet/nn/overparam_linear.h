@@ -22,7 +22,7 @@ struct OverparamLinearOptions {
   TORCH_ARG(int64_t, out_features);
   TORCH_ARG(int64_t, depth);
   // Hidden width of every factor; 0: min(in_features, out_features) (no bottleneck, and the
-  // size-1 hidden layers of seed 002 for a scalar output).
+  // size-1 hidden layers of Arora, Cohen & Hazan's experiments for a scalar output).
   TORCH_ARG(int64_t, width) = 0;
   TORCH_ARG(bool, bias) = true;
   // "balanced": the balanced factorisation of a near-zero random matrix (entries

@@ -31,7 +31,7 @@ inline void check_same_floating(const char* op, std::initializer_list<NamedTenso
 
 // No element is NaN or ±Inf. Two reductions (max and min propagate NaN) and no tensor-sized
 // temporary: at::isfinite(t).all() allocates one, which for an n·d² stack of canonical matrices
-// costs more than the check itself.
+// costs more than the check itself. Reads two scalars on the host (a device sync on CUDA).
 inline bool all_finite(const at::Tensor& t) {
   if (t.numel() == 0) return true;
   return std::isfinite(t.max().item<double>()) && std::isfinite(t.min().item<double>());

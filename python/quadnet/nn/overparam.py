@@ -15,7 +15,8 @@ class OverparamLinear(torch.nn.Module):
     ``y = x W_e^T + b``: the same function class as ``nn.Linear``, different gradient
     dynamics. From a balanced init, gradient descent on the factors moves ``W_e`` by the
     end-to-end rule that :class:`quadnet.optim.EndToEndSGD` applies to an ordinary weight
-    (Arora, Cohen & Hazan 2018; seeds 002/003).
+    (Arora, Cohen & Hazan 2018, "On the Optimization of Deep Networks: Implicit Acceleration by
+    Overparameterization"; Gissin, "Over-Parameterization and Optimization").
 
     Args:
         in_features: size of each input sample.
