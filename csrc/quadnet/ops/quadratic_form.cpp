@@ -113,33 +113,26 @@ std::tuple<at::Tensor, at::Tensor> backward_math(const at::Tensor& G, const at::
   return {dH, dS};
 }
 
-const c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                             const at::Tensor&)>&
-forward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("quadnet::_quadratic_form_forward", "")
-                             .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                                 const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
-  return op;
-}
-
-const c10::TypedOperatorHandle<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                  const at::Tensor&)>&
-backward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("quadnet::_quadratic_form_backward", "")
-                             .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                                       const at::Tensor&)>();
-  return op;
-}
-
-// A (x, weight, S) -> Tensor op's handle, looked up once.
-using TernaryOp = c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>;
-using BinaryOp = c10::TypedOperatorHandle<at::Tensor(const at::Tensor&, const at::Tensor&)>;
-
-template <typename Handle, typename Signature>
-Handle find_op(const char* name) {
+// An op's typed handle, looked up by name (each caller keeps it in a function-local static).
+template <class Signature>
+c10::TypedOperatorHandle<Signature> typed_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+using Ternary = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&);
+using Binary = at::Tensor(const at::Tensor&, const at::Tensor&);
+using ForwardSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                                        const at::Tensor&);
+using BackwardSignature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&);
+
+const c10::TypedOperatorHandle<ForwardSignature>& forward_op() {
+  static const auto op = typed_op<ForwardSignature>("quadnet::_quadratic_form_forward");
+  return op;
+}
+
+const c10::TypedOperatorHandle<BackwardSignature>& backward_op() {
+  static const auto op = typed_op<BackwardSignature>("quadnet::_quadratic_form_backward");
+  return op;
 }
 
 // The autograd node of quadratic_form: forward through _quadratic_form_forward (below autograd),
@@ -179,8 +172,7 @@ class QuadraticFormFunction : public torch::autograd::Function<QuadraticFormFunc
 // ---- public functions: through the dispatcher ----
 
 at::Tensor quadratic_form(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& S) {
-  static const auto op = find_op<TernaryOp, at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>(
-      "quadnet::quadratic_form");
+  static const auto op = typed_op<Ternary>("quadnet::quadratic_form");
   return op.call(x, weight, S);
 }
 
@@ -195,25 +187,22 @@ std::tuple<at::Tensor, at::Tensor> quadratic_form_backward(const at::Tensor& gra
 }
 
 at::Tensor diagonal_quadratic_form(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha) {
-  static const auto op = find_op<TernaryOp, at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>(
-      "quadnet::diagonal_quadratic_form");
+  static const auto op = typed_op<Ternary>("quadnet::diagonal_quadratic_form");
   return op.call(x, weight, alpha);
 }
 
 at::Tensor canonical_gradient(const at::Tensor& X, const at::Tensor& G) {
-  static const auto op =
-      find_op<BinaryOp, at::Tensor(const at::Tensor&, const at::Tensor&)>("quadnet::canonical_gradient");
+  static const auto op = typed_op<Binary>("quadnet::canonical_gradient");
   return op.call(X, G);
 }
 
 at::Tensor canonical_form(const at::Tensor& weight, const at::Tensor& S) {
-  static const auto op = find_op<BinaryOp, at::Tensor(const at::Tensor&, const at::Tensor&)>("quadnet::canonical_form");
+  static const auto op = typed_op<Binary>("quadnet::canonical_form");
   return op.call(weight, S);
 }
 
 at::Tensor diagonal_canonical_form(const at::Tensor& weight, const at::Tensor& alpha) {
-  static const auto op =
-      find_op<BinaryOp, at::Tensor(const at::Tensor&, const at::Tensor&)>("quadnet::diagonal_canonical_form");
+  static const auto op = typed_op<Binary>("quadnet::diagonal_canonical_form");
   return op.call(weight, alpha);
 }
 
@@ -249,11 +238,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quadratic_form_forward_autograd(c
                                                                                const at::Tensor& weight,
                                                                                const at::Tensor& S) {
   if (at::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad() || S.requires_grad())) {
-    // Called directly with inputs that need gradients: the same pieces as ATen ops, recorded by
-    // autograd (quadratic_form itself calls this op below autograd and has its own backward).
-    check_forward_args(x, weight, S);
-    auto pieces = quadratic_pieces(x, weight, S);
-    return {contract_outputs(pieces.H, pieces.Z), pieces.H, pieces.Z};
+    // Called directly with inputs that need gradients: the composite kernel's ATen ops, recorded
+    // by autograd (quadratic_form itself calls this op below autograd and has its own backward).
+    return quadratic_form_forward_composite(x, weight, S);
   }
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   return forward_op().call(x, weight, S);
@@ -285,9 +272,8 @@ std::tuple<at::Tensor, at::Tensor> quadratic_form_backward_autograd(const at::Te
   const bool differentiable =
       at::GradMode::is_enabled() && (grad.requires_grad() || h.requires_grad() || z.requires_grad());
   if (differentiable) {
-    // Double backward: the same formulas as ATen ops, so autograd records them.
-    check_backward_args(grad, h, z);
-    return backward_math(grad, h, z);
+    // Double backward: the composite kernel's ATen ops, so autograd records them.
+    return quadratic_form_backward_composite(grad, h, z);
   }
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   return backward_op().call(grad, h, z);
