@@ -47,6 +47,8 @@ def test_every_registered_op_is_opchecked():
 def test_meta_kernels_give_shapes_and_check_arguments():
     x, w, S = (torch.empty(*s, device="meta") for s in [(2, 5, 4), (3, 4), (6, 3, 3)])
     assert torch.ops.quadnet.quadratic_form(x, w, S).shape == (2, 5, 6)
+    with torch.inference_mode():  # no autograd key: quadratic_form's own Meta kernel, not its autograd node
+        assert torch.ops.quadnet.quadratic_form(x, w, S).shape == (2, 5, 6)
     y, h, z = torch.ops.quadnet._quadratic_form_forward(x.reshape(10, 4), w, S)
     assert (y.shape, h.shape, z.shape) == ((10, 6), (10, 3), (10, 6, 3))
     with pytest.raises(RuntimeError, match=r"quadratic_form: x has 4 features .* weight of shape \[3, 5\]"):
