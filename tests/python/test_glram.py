@@ -7,6 +7,8 @@ import quadnet
 from quadnet.linalg import glram, projected_step
 from quadnet.ops import canonical_form, canonical_gradient
 
+from conftest import DEVICES
+
 
 def random_model(n, d, r, dtype=torch.float64):
     return torch.randn(r, d, dtype=dtype), torch.randn(n, r, r, dtype=dtype)
@@ -25,12 +27,14 @@ def error(A, res):
     return float(((A - reconstruction(res)) ** 2).sum())
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("n, d, r", [(1, 10, 3), (4, 12, 3), (10, 30, 1), (3, 8, 8)])
-def test_exact_recovery(n, d, r):
-    A = canonical_form(*random_model(n, d, r))
+def test_exact_recovery(n, d, r, device):
+    A = canonical_form(*random_model(n, d, r)).to(device)
     res = glram(A, r)
+    assert res.weight.device == A.device and res.S.device == A.device
     assert float((A - reconstruction(res)).norm() / A.norm()) <= 1e-10
-    torch.testing.assert_close(res.weight @ res.weight.T, torch.eye(r, dtype=torch.float64))
+    torch.testing.assert_close(res.weight @ res.weight.T, torch.eye(r, dtype=torch.float64, device=device))
     torch.testing.assert_close(res.S, res.S.transpose(1, 2), rtol=0, atol=0)
 
 
@@ -105,8 +109,9 @@ def assert_step_matches_dense(weight, S, X, G, max_iter):
     A, dense = dense_step(weight, S, X, G, 0.05, **kw)
     np.testing.assert_allclose(float(step.objective[-1]), float(dense.objective[-1]), rtol=1e-10)
     np.testing.assert_allclose(float(step.objective[-1]), error(A, step), rtol=1e-8)
-    torch.testing.assert_close(step.weight @ step.weight.T, torch.eye(weight.shape[0], dtype=torch.float64),
-                               rtol=0, atol=1e-9)
+    assert step.weight.device == weight.device
+    torch.testing.assert_close(step.weight @ step.weight.T,
+                               torch.eye(weight.shape[0], dtype=torch.float64, device=weight.device), rtol=0, atol=1e-9)
     if max_iter == 3 and step.iterations == dense.iterations:
         torch.testing.assert_close(step.objective, dense.objective, rtol=1e-10, atol=0)
         torch.testing.assert_close(step.weight.T @ step.weight, dense.weight.T @ dense.weight, rtol=0, atol=1e-8)
@@ -116,14 +121,15 @@ def assert_step_matches_dense(weight, S, X, G, max_iter):
         assert max_iter > 3, "3 iterations must not reach the rounding floor in these sizes"
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("B, d", [(5, 40), (30, 80), (3, 12), (20, 12), (40, 12)])  # B < d and B ≥ d
 @pytest.mark.parametrize("n", [1, 4])
 @pytest.mark.parametrize("max_iter", [3, 10000])
-def test_factored_step_matches_dense(B, d, n, max_iter):
+def test_factored_step_matches_dense(B, d, n, max_iter, device):
     r = 3
     weight, S = random_model(n, d, r)
     X, G = torch.randn(B, d, dtype=torch.float64), torch.randn(B, n, dtype=torch.float64)
-    assert_step_matches_dense(weight, S, X, G, max_iter)
+    assert_step_matches_dense(*(t.to(device) for t in (weight, S, X, G)), max_iter)
 
 
 @pytest.mark.parametrize("samples", ["repeated", "nearly collinear"])

@@ -1,5 +1,6 @@
 """GLRAMSGD: the projected optimizer behind a plain torch.optim training loop."""
 import copy
+import pickle
 
 import pytest
 import torch
@@ -10,11 +11,15 @@ from quadnet.nn import QuadraticLayer
 from quadnet.ops import canonical_form, canonical_gradient, quadratic_form
 from quadnet.optim import GLRAMSGD
 
+from conftest import DEVICES
 
-def test_one_step_equals_dense_reference():
-    layer = QuadraticLayer(12, 3, rank=2, bias=False).double()
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_step_equals_dense_reference(device):
+    layer = QuadraticLayer(12, 3, rank=2, bias=False).double().to(device)
     W0, S0 = layer.weight.detach().clone(), layer.S.detach().clone()
-    x, target = torch.randn(5, 12, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    x = torch.randn(5, 12, dtype=torch.float64, device=device)
+    target = torch.randn(5, 3, dtype=torch.float64, device=device)
     opt = GLRAMSGD(layer, lr=0.05, tol=0.0, max_iter=3)
     opt.zero_grad()
     (0.5 * ((layer(x) - target) ** 2).sum()).backward()
@@ -22,17 +27,19 @@ def test_one_step_equals_dense_reference():
     G = quadratic_form(x, W0, S0) - target
     A = canonical_form(W0, S0) - 0.05 * canonical_gradient(x, G)
     dense = glram(A, 2, init=W0, tol=0.0, max_iter=3)
+    assert layer.weight.device == x.device and dense.weight.device == x.device
     torch.testing.assert_close(layer.canonical(), canonical_form(dense.weight, dense.S), rtol=0, atol=1e-8)
 
 
-def test_single_output_uses_exact_projection():
-    layer = QuadraticLayer(8, 1, rank=2, bias=False).double()
-    x = torch.randn(4, 8, dtype=torch.float64)
+@pytest.mark.parametrize("device", DEVICES)
+def test_single_output_uses_exact_projection(device):
+    layer = QuadraticLayer(8, 1, rank=2, bias=False).double().to(device)
+    x = torch.randn(4, 8, dtype=torch.float64, device=device)
     A_before = layer.canonical().detach()
     opt = GLRAMSGD(layer.parameters(), lr=0.1)  # plain parameters: layer found from them
     layer(x).sum().backward()
     opt.step()
-    A = A_before - 0.1 * canonical_gradient(x, torch.ones(4, 1, dtype=torch.float64))
+    A = A_before - 0.1 * canonical_gradient(x, torch.ones(4, 1, dtype=torch.float64, device=device))
     lam, vec = torch.linalg.eigh(A[0])
     keep = lam.abs().argsort(descending=True)[:2]
     best = (vec[:, keep] * lam[keep]) @ vec[:, keep].T
@@ -73,14 +80,15 @@ def test_digits_training_lowers_loss_and_mixed_model_updates_all():
     torch.testing.assert_close(model[0].S, model[0].S.transpose(1, 2), rtol=0, atol=1e-6)
 
 
-def test_layer_not_in_graph_is_untouched_and_split_optimizers():
-    used, unused = QuadraticLayer(6, 3, 2), QuadraticLayer(6, 3, 2)
-    head = torch.nn.Linear(3, 2)
+@pytest.mark.parametrize("device", DEVICES)
+def test_layer_not_in_graph_is_untouched_and_split_optimizers(device):
+    used, unused = QuadraticLayer(6, 3, 2).to(device), QuadraticLayer(6, 3, 2).to(device)
+    head = torch.nn.Linear(3, 2).to(device)
     quad_opt = GLRAMSGD(list(used.parameters()) + list(unused.parameters()), lr=0.1)
     head_opt = torch.optim.Adam(head.parameters(), lr=0.01)
     snapshot = copy.deepcopy(unused.state_dict())
     w_before, head_before = used.weight.detach().clone(), head.weight.detach().clone()
-    head(used(torch.randn(4, 6))).sum().backward()
+    head(used(torch.randn(4, 6, device=device))).sum().backward()
     quad_opt.step()
     head_opt.step()
     assert not torch.equal(used.weight, w_before) and not torch.equal(head.weight, head_before)
@@ -88,10 +96,11 @@ def test_layer_not_in_graph_is_untouched_and_split_optimizers():
         assert torch.equal(value, snapshot[name])
 
 
-def test_nan_safety_leaves_parameters_and_state_untouched():
-    model = torch.nn.Sequential(QuadraticLayer(5, 3, 2), torch.nn.Linear(3, 2))
+@pytest.mark.parametrize("device", DEVICES)
+def test_nan_safety_leaves_parameters_and_state_untouched(device):
+    model = torch.nn.Sequential(QuadraticLayer(5, 3, 2), torch.nn.Linear(3, 2)).to(device)
     opt = GLRAMSGD(model, lr=0.1, momentum=0.9)
-    x = torch.randn(4, 5)
+    x = torch.randn(4, 5, device=device)
     model(x).sum().backward()
     opt.step()
     params = copy.deepcopy(model.state_dict())
@@ -153,6 +162,37 @@ def test_state_dict_resume_is_bit_identical_with_scheduler_and_closure():
         assert torch.equal(value, model_c.state_dict()[name]), name
 
 
+@pytest.mark.parametrize("route", ["deepcopy", "pickle", "load_state_dict_assign", "parameter_replacement"])
+def test_layers_are_found_from_plain_parameters_after_copies_and_replacement(route):
+    """GLRAMSGD(model.parameters()) projects the quadratic layer whatever made its Parameters."""
+    model = torch.nn.Sequential(QuadraticLayer(6, 3, 2), torch.nn.Linear(3, 2))
+    if route == "deepcopy":
+        model = copy.deepcopy(model)
+    elif route == "pickle":
+        model = pickle.loads(pickle.dumps(model))
+    elif route == "load_state_dict_assign":
+        fresh = torch.nn.Sequential(QuadraticLayer(6, 3, 2), torch.nn.Linear(3, 2))
+        fresh.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+        model = fresh
+    else:
+        model[0].weight = torch.nn.Parameter(torch.randn(2, 6))
+        model[0].S = torch.nn.Parameter(torch.randn(3, 2, 2))
+    opt = GLRAMSGD(model.parameters(), lr=0.1)
+    model(torch.randn(8, 6)).sum().backward()
+    opt.step()
+    assert len(opt.last_projections) == 1  # projected, not given plain SGD
+    W = model[0].weight
+    torch.testing.assert_close(W @ W.T, torch.eye(2), rtol=0, atol=1e-5)
+
+
+def test_half_a_layer_in_a_group_is_an_error_not_plain_sgd():
+    layer = QuadraticLayer(6, 3, 2)
+    with pytest.raises(ValueError, match="weight and S must be in the same param group .*only its S"):
+        GLRAMSGD([layer.S, layer.bias], lr=0.1)
+    with pytest.raises(ValueError, match="weight and S must be in the same param group .*only its weight"):
+        GLRAMSGD([{"params": [layer.weight]}, {"params": [layer.S]}], lr=0.1)
+
+
 def test_invalid_arguments():
     layer = QuadraticLayer(4, 2, 2)
     with pytest.raises(ValueError, match="lr must be >= 0"):
@@ -164,7 +204,7 @@ def test_invalid_arguments():
 def test_stacked_quadratic_layers_each_projected_with_backprop_between():
     X, y = digits()
 
-    class Block(torch.nn.Module):  # quadratic layer + linear skip (DESIGN §2)
+    class Block(torch.nn.Module):  # quadratic layer + linear skip (docs/polynomial.rst)
         def __init__(self, d, n, r):
             super().__init__()
             self.quad, self.skip = QuadraticLayer(d, n, r), torch.nn.Linear(d, n)

@@ -6,6 +6,8 @@ import torch.nn.functional as F
 import quadnet
 from quadnet.nn import DiagonalQuadraticLayer, QuadraticLayer
 
+from conftest import DEVICES
+
 
 def test_parameters_and_init():
     layer = QuadraticLayer(6, 4, rank=3)
@@ -21,9 +23,10 @@ def test_parameters_and_init():
     assert not torch.equal(before, layer.weight)
 
 
-def test_forward_matches_canonical_bilinear():
-    layer = QuadraticLayer(7, 3, rank=2).double()
-    x = torch.randn(2, 5, 7, dtype=torch.float64)
+@pytest.mark.parametrize("device", DEVICES)
+def test_forward_matches_canonical_bilinear(device):
+    layer = QuadraticLayer(7, 3, rank=2).double().to(device)
+    x = torch.randn(2, 5, 7, dtype=torch.float64, device=device)
     A = layer.canonical()
     assert A.shape == (3, 7, 7)
     torch.testing.assert_close(layer(x), F.bilinear(x, x, A, layer.bias))
@@ -31,9 +34,10 @@ def test_forward_matches_canonical_bilinear():
     assert int(torch.linalg.matrix_rank(A[0])) <= 2
 
 
-def test_diagonal_layer():
-    layer = DiagonalQuadraticLayer(5, 2, rank=4).double()
-    x = torch.randn(9, 5, dtype=torch.float64)
+@pytest.mark.parametrize("device", DEVICES)
+def test_diagonal_layer(device):
+    layer = DiagonalQuadraticLayer(5, 2, rank=4).double().to(device)
+    x = torch.randn(9, 5, dtype=torch.float64, device=device)
     torch.testing.assert_close(layer(x), F.bilinear(x, x, layer.canonical(), layer.bias))
     assert layer.num_parameters() == 4 * (5 + 2) + 2
     assert [k for k, _ in layer.named_parameters()] == ["weight", "alpha", "bias"]
@@ -55,11 +59,12 @@ def test_sequential_state_dict_dtype_and_script():
     torch.testing.assert_close(model64(x.double()).float(), y, rtol=1e-4, atol=1e-4)
 
 
-def test_training_step_updates_all_parameters():
-    layer = QuadraticLayer(5, 3, rank=2)
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_step_updates_all_parameters(device):
+    layer = QuadraticLayer(5, 3, rank=2, device=device)
     before = {k: v.detach().clone() for k, v in layer.named_parameters()}
     opt = torch.optim.SGD(layer.parameters(), lr=0.1)
-    loss = F.cross_entropy(layer(torch.randn(16, 5)), torch.randint(0, 3, (16,)))
+    loss = F.cross_entropy(layer(torch.randn(16, 5, device=device)), torch.randint(0, 3, (16,), device=device))
     loss.backward()
     opt.step()
     for name, p in layer.named_parameters():
@@ -73,12 +78,14 @@ def test_invalid_sizes(cls):
         cls(4, 3, 0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("rank", [1, 2, 5])
-def test_to_diagonal_has_identical_outputs(rank):
-    layer = QuadraticLayer(7, 3, rank).double()
+def test_to_diagonal_has_identical_outputs(rank, device):
+    layer = QuadraticLayer(7, 3, rank).double().to(device)
     with torch.no_grad():
         layer.S.copy_(torch.randn(3, rank, rank, dtype=torch.float64))  # not symmetric: only sym part counts
     diagonal = quadnet.nn.to_diagonal(layer)
     assert isinstance(diagonal, DiagonalQuadraticLayer) and diagonal.rank == rank * (rank + 1) // 2
-    x = torch.randn(2, 9, 7, dtype=torch.float64)
+    assert diagonal.weight.device == layer.weight.device
+    x = torch.randn(2, 9, 7, dtype=torch.float64, device=device)
     torch.testing.assert_close(diagonal(x), layer(x), rtol=1e-12, atol=1e-12)

@@ -1,4 +1,4 @@
-"""Overparameterized linear layers and EndToEndSGD (DESIGN §5)."""
+"""Overparameterized linear layers and EndToEndSGD (docs/end_to_end.rst)."""
 import numpy as np
 import pytest
 import torch
@@ -7,6 +7,8 @@ import torch.nn.functional as F
 import quadnet
 from quadnet.nn import OverparamLinear
 from quadnet.optim import EndToEndSGD
+
+from conftest import DEVICES
 
 
 def reference_direction(W, G, N):
@@ -29,19 +31,20 @@ def balancedness(layer):
 
 # ---- the module ----
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])
 @pytest.mark.parametrize("init", ["balanced", "identity"])
-def test_forward_is_linear_in_the_end_to_end_matrix(depth, init):
-    layer = OverparamLinear(6, 4, depth, width=5, init=init, init_scale=0.5, dtype=torch.float64)
+def test_forward_is_linear_in_the_end_to_end_matrix(depth, init, device):
+    layer = OverparamLinear(6, 4, depth, width=5, init=init, init_scale=0.5, dtype=torch.float64, device=device)
     W = layer.factors[0]
     for factor in list(layer.factors)[1:]:
         W = factor @ W
     torch.testing.assert_close(layer.end_to_end(), W, rtol=0, atol=0)
     for rows in (1, 3, 200):  # small batches chain the factors, large ones use the product
-        x = torch.randn(rows, 6, dtype=torch.float64)
+        x = torch.randn(rows, 6, dtype=torch.float64, device=device)
         torch.testing.assert_close(layer(x), F.linear(x, W, layer.bias), rtol=1e-12, atol=1e-12)
     if init == "identity":
-        torch.testing.assert_close(layer.end_to_end(), torch.eye(4, 6, dtype=torch.float64))
+        torch.testing.assert_close(layer.end_to_end(), torch.eye(4, 6, dtype=torch.float64, device=device))
 
 
 def test_parameters_are_named_like_cpp():
@@ -117,12 +120,14 @@ def test_module_errors(kwargs, message):
 
 # ---- the end-to-end rule ----
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [(3, 5), (5, 3), (4, 4), (1, 6)])
 @pytest.mark.parametrize("depth", [1, 2, 3, 4])
-def test_end_to_end_direction_matches_the_sum_formula(shape, depth):
+def test_end_to_end_direction_matches_the_sum_formula(shape, depth, device):
     W, G = torch.randn(*shape, dtype=torch.float64), torch.randn(*shape, dtype=torch.float64)
-    got = quadnet._C.optim.end_to_end_direction(W, G, depth)
-    np.testing.assert_allclose(got.numpy(), reference_direction(W, G, depth), rtol=1e-9, atol=1e-10)
+    got = quadnet._C.optim.end_to_end_direction(W.to(device), G.to(device), depth)
+    assert got.device == W.to(device).device
+    np.testing.assert_allclose(got.cpu().numpy(), reference_direction(W, G, depth), rtol=1e-9, atol=1e-10)
 
 
 @pytest.mark.parametrize("shape", [(4, 5), (6, 4)])
@@ -145,15 +150,17 @@ def test_single_output_closed_form_equals_general_formula(depth):
     torch.testing.assert_close(quadnet._C.optim.end_to_end_direction(w[0], g[0], depth), closed[0])
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("depth", [2, 3])
-def test_end_to_end_sgd_follows_explicit_depth_n_training(depth):
+def test_end_to_end_sgd_follows_explicit_depth_n_training(depth, device):
     """EndToEndSGD on W_e tracks gradient descent on the factors of a balanced OverparamLinear."""
     torch.manual_seed(5)
     x = torch.randn(128, 6, dtype=torch.float64)
     y = x @ torch.randn(6, 3, dtype=torch.float64) + 0.1 * torch.randn(128, 3, dtype=torch.float64)
-    explicit = OverparamLinear(6, 3, depth, init_scale=0.3, dtype=torch.float64)
-    direct = torch.nn.Linear(6, 3).double()
-    plain = torch.nn.Linear(6, 3).double()
+    x, y = x.to(device), y.to(device)
+    explicit = OverparamLinear(6, 3, depth, init_scale=0.3, dtype=torch.float64).to(device)
+    direct = torch.nn.Linear(6, 3).double().to(device)
+    plain = torch.nn.Linear(6, 3).double().to(device)
     with torch.no_grad():
         for m in (direct, plain):
             m.weight.copy_(explicit.end_to_end())

@@ -1,4 +1,4 @@
-"""Deep polynomial networks: PolynomialBlock, DeepPolynomialNet (DESIGN §2)."""
+"""Deep polynomial networks: PolynomialBlock, DeepPolynomialNet (docs/polynomial.rst)."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,6 +6,8 @@ from torch.autograd import gradcheck
 
 import quadnet
 from quadnet.nn import DeepPolynomialNet, PolynomialBlock
+
+from conftest import DEVICES
 
 
 def fit(sizes, ranks, x, target, seeds=3):
@@ -56,9 +58,10 @@ def test_depth_two_represents_degree_four_exactly():
     torch.testing.assert_close(net(x)[:, 0], x[:, 0] ** 4 + x[:, 1], rtol=1e-14, atol=1e-14)
 
 
-def test_gradcheck_through_two_blocks():
-    net = DeepPolynomialNet([4, 3, 2], [2, 2], norm=False, dtype=torch.float64)
-    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_through_two_blocks(device):
+    net = DeepPolynomialNet([4, 3, 2], [2, 2], norm=False, dtype=torch.float64, device=device)
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True, device=device)
     params = tuple(net.parameters())
 
     names = [n for n, _ in net.named_parameters()]

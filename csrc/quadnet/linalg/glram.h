@@ -1,5 +1,5 @@
 #pragma once
-// GLRAM: projection of canonical matrices back onto the quadratic model (DESIGN §3–§4).
+// GLRAM: projection of canonical matrices back onto the quadratic model (docs/glram.rst).
 
 #include <ATen/core/Tensor.h>
 #include <torch/arg.h>
@@ -38,7 +38,7 @@ struct GLRAMResult {
 // monotone. No claim of a global optimum for n > 1. Eigen-solves run in float64.
 GLRAMResult glram(const at::Tensor& A, int64_t rank, const GLRAMOptions& options = {});
 
-// One projected SGD step in the canonical space (DESIGN §4): the GLRAM projection of
+// One projected SGD step in the canonical space (docs/glram.rst): the GLRAM projection of
 //   A_i = W^T sym(S_i) W − lr · X^T diag(G[:, i]) X,
 // warm-started from `weight`, computed without forming any d×d matrix: a thin QR of
 // [W^T | X^T] (d × k, k = rank + batch) reduces it to GLRAM on k×k cores with the same answer.

@@ -1,6 +1,6 @@
 #pragma once
-// Overparameterized linear layers (DESIGN §5): a weight W_e (out × in) replaced by a product
-// W_N ⋯ W_1 of `depth` factors. Parameter names match quadnet.nn.OverparamLinear in Python.
+// Overparameterized linear layers (docs/end_to_end.rst): a weight W_e (out × in) replaced by a
+// product W_N ⋯ W_1 of `depth` factors. Parameter names match quadnet.nn.OverparamLinear in Python.
 
 #include <torch/arg.h>
 #include <torch/nn/cloneable.h>

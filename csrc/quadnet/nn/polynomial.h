@@ -1,5 +1,5 @@
 #pragma once
-// Deep polynomial networks (DESIGN §2): quadratic layers stacked with linear skips.
+// Deep polynomial networks (docs/polynomial.rst): quadratic layers stacked with linear skips.
 // Parameter names match quadnet.nn.PolynomialBlock / DeepPolynomialNet in Python.
 
 #include <torch/arg.h>

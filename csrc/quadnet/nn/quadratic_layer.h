@@ -23,7 +23,7 @@ struct QuadraticLayerOptions {
   TORCH_ARG(bool, bias) = true;
 };
 
-// y_i = (W x)^T S_i (W x) + b_i with symmetric S_i (DESIGN §1).
+// y_i = (W x)^T S_i (W x) + b_i with symmetric S_i (docs/quadratic_layer.rst).
 // Parameters: weight (rank, in_features), S (out_features, rank, rank), bias (out_features).
 class QuadraticLayerImpl : public torch::nn::Cloneable<QuadraticLayerImpl> {
  public:
@@ -94,8 +94,8 @@ class DiagonalQuadraticLayerImpl : public torch::nn::Cloneable<DiagonalQuadratic
 };
 TORCH_MODULE(DiagonalQuadraticLayer);
 
-// The constructive inclusion H_sym(d, r, n) ⊂ H_diag(d, r(r+1)/2, n) (DESIGN §1): with the
-// rank-1 basis (e_i + e_j)(e_i + e_j)^T, j ≤ i, of symmetric r×r matrices, returns the
+// The constructive inclusion H_sym(d, r, n) ⊂ H_diag(d, r(r+1)/2, n) (docs/quadratic_layer.rst):
+// with the rank-1 basis (e_i + e_j)(e_i + e_j)^T, j ≤ i, of symmetric r×r matrices, returns the
 // (weight (r(r+1)/2, d), alpha (n, r(r+1)/2)) of a diagonal model with identical outputs.
 std::pair<torch::Tensor, torch::Tensor> diagonal_parameters(const torch::Tensor& weight, const torch::Tensor& S);
 

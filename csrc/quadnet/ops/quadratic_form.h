@@ -1,6 +1,6 @@
 #pragma once
-// The quadratic layer's ops (DESIGN §1): y_i = (W x)^T sym(S_i) (W x), its canonical form
-// and the diagonal (squared-activation) model. Each is registered as torch.ops.quadnet.<name>
+// The quadratic layer's ops (docs/quadratic_layer.rst): y_i = (W x)^T sym(S_i) (W x), its
+// canonical form and the diagonal (squared-activation) model. Each is registered as torch.ops.quadnet.<name>
 // (ops/register_ops.cpp); the C++ functions below call through the dispatcher, so C++ callers
 // get the same kernels, autograd and tracing behaviour as Python callers.
 

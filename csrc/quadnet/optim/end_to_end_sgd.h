@@ -1,6 +1,6 @@
 #pragma once
 // EndToEndSGD: the closed-form dynamics of a depth-N linear network applied to an ordinary
-// weight (DESIGN §5, Arora, Cohen & Hazan 2018), as a torch::optim::Optimizer.
+// weight (docs/end_to_end.rst, Arora, Cohen & Hazan 2018), as a torch::optim::Optimizer.
 
 #include <torch/optim/optimizer.h>
 #include <torch/optim/serialize.h>

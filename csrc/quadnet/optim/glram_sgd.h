@@ -1,5 +1,5 @@
 #pragma once
-// GLRAMSGD: projected SGD for quadratic layers in their canonical space (DESIGN §4), plain
+// GLRAMSGD: projected SGD for quadratic layers in their canonical space (docs/glram.rst), plain
 // SGD (momentum, weight decay) for every other parameter, as a torch::optim::Optimizer.
 
 #include <torch/nn/module.h>

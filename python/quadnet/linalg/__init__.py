@@ -1,4 +1,4 @@
-"""GLRAM projections from canonical matrices back onto the quadratic model (DESIGN §3–§4).
+"""GLRAM projections from canonical matrices back onto the quadratic model (:doc:`/glram`).
 
 Thin adapters over the C++ implementation (``quadnet::linalg``).
 """

@@ -1,4 +1,4 @@
-"""Overparameterized linear layers: a weight replaced by a product of factors (DESIGN §5)."""
+"""Overparameterized linear layers: a weight replaced by a product of factors (docs/end_to_end.rst)."""
 from typing import Optional, Union
 
 import torch
@@ -142,7 +142,7 @@ class OverparamLinear(torch.nn.Module):
 
 
 def overparameterize(model: torch.nn.Module, depth: int, width: Optional[int] = None) -> torch.nn.Module:
-    """Replaces every ``nn.Linear`` in ``model`` (recursively) by an :class:`OverparamLinear` of
+    """Replaces every ``nn.Linear`` in ``model`` (recursively) by an :class:`~quadnet.nn.OverparamLinear` of
     ``depth`` balanced factors whose product equals the original weight: outputs are unchanged
     (to rounding). In place for containers; returns the model (a new module if ``model`` itself
     is an ``nn.Linear``). Undo with :func:`collapse`."""
@@ -154,7 +154,7 @@ def overparameterize(model: torch.nn.Module, depth: int, width: Optional[int] = 
 
 
 def collapse(model: torch.nn.Module) -> torch.nn.Module:
-    """Replaces every :class:`OverparamLinear` in ``model`` (recursively) by its equivalent
+    """Replaces every :class:`~quadnet.nn.OverparamLinear` in ``model`` (recursively) by its equivalent
     ``nn.Linear``. In place for containers; returns the model."""
     if isinstance(model, OverparamLinear):
         return model.collapse()

@@ -1,4 +1,4 @@
-"""Deep polynomial networks: quadratic layers stacked with linear skips (DESIGN §2)."""
+"""Deep polynomial networks: quadratic layers stacked with linear skips (docs/polynomial.rst)."""
 from typing import List, Sequence
 
 import torch
@@ -14,7 +14,7 @@ class PolynomialBlock(torch.nn.Module):
 
     ``y_i = (W x)^T S_i (W x) + (L x)_i + b_i``. The fully connected skip ``L`` keeps the
     lower-degree monomials, so ``L`` stacked blocks hold every monomial of degree ``≤ 2^L``
-    (DESIGN §2). The quadratic part is a :class:`QuadraticLayer` (so ``GLRAMSGD`` projects
+    (:doc:`/polynomial`). The quadratic part is a :class:`QuadraticLayer` (so ``GLRAMSGD`` projects
     it); the skip is an ``nn.Linear`` without bias (the quadratic layer holds the bias).
 
     ``norm=True`` appends ``BatchNorm1d(out_features, affine=False)`` over the feature dim.
@@ -63,6 +63,7 @@ class PolynomialBlock(torch.nn.Module):
             self.register_module("norm", None)
 
     def reset_parameters(self) -> None:
+        """Re-initialises the quadratic layer and the skip, and resets the norm's running statistics."""
         self.quadratic.reset_parameters()
         if self.skip is not None:
             self.skip.reset_parameters()
@@ -79,7 +80,7 @@ class PolynomialBlock(torch.nn.Module):
 
     @property
     def degree(self) -> int:
-        """Polynomial degree of the block in its input: 2."""
+        """The polynomial degree of the block in its input (always 2)."""
         return 2
 
     def num_parameters(self) -> int:
@@ -140,7 +141,7 @@ class DeepPolynomialNet(torch.nn.Sequential):
 
     @property
     def degree(self) -> int:
-        """Polynomial degree in the input: ``2^L`` for ``L`` blocks."""
+        """The polynomial degree in the input, ``2^L`` for ``L`` blocks."""
         return 2 ** len(self)
 
     def num_parameters(self) -> int:

@@ -1,4 +1,4 @@
-"""Quadratic layers: the symmetric-S model and the older diagonal model (DESIGN §1)."""
+"""Quadratic layers: the symmetric-S model and the older diagonal model (docs/quadratic_layer.rst)."""
 import weakref
 from typing import List, Optional, Tuple
 
@@ -9,14 +9,16 @@ from .. import _C
 
 __all__ = ["QuadraticLayer", "DiagonalQuadraticLayer", "to_diagonal"]
 
-# weight Parameter id -> its layer, so optimizers given plain parameters find the layers.
-_LAYER_OF_WEIGHT: "weakref.WeakValueDictionary[int, QuadraticLayer]" = weakref.WeakValueDictionary()
+# id of a layer's weight or S Parameter -> the layer, so optimizers given plain parameters
+# find the layers. Entries die with their layer; a stale id (a reused address) is rejected by
+# the identity check in quadratic_layer_of.
+_LAYER_OF_PARAM: "weakref.WeakValueDictionary[int, QuadraticLayer]" = weakref.WeakValueDictionary()
 
 
 def quadratic_layer_of(param: Tensor) -> Optional["QuadraticLayer"]:
-    """The :class:`QuadraticLayer` whose ``weight`` is ``param``, or ``None``."""
-    layer = _LAYER_OF_WEIGHT.get(id(param))
-    return layer if layer is not None and layer.weight is param else None
+    """The :class:`QuadraticLayer` whose ``weight`` or ``S`` is ``param``, or ``None``."""
+    layer = _LAYER_OF_PARAM.get(id(param))
+    return layer if layer is not None and (layer.weight is param or layer.S is param) else None
 
 
 class QuadraticLayer(torch.nn.Module):
@@ -70,8 +72,22 @@ class QuadraticLayer(torch.nn.Module):
             self.register_parameter("bias", None)
         self._capture = False
         self._captures: List[Tuple[Tensor, List[Tensor]]] = []
-        _LAYER_OF_WEIGHT[id(self.weight)] = self
         self.reset_parameters()
+
+    # The registry follows the weight wherever a new Parameter object takes its place:
+    # assignment (``layer.weight = ...``, ``load_state_dict(..., assign=True)``) goes through
+    # __setattr__, copies (``copy.deepcopy``, pickle) through __setstate__.
+    @torch.jit.unused
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        if name in ("weight", "S") and isinstance(value, torch.nn.Parameter):
+            _LAYER_OF_PARAM[id(value)] = self
+
+    @torch.jit.unused
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        _LAYER_OF_PARAM[id(self.weight)] = self
+        _LAYER_OF_PARAM[id(self.S)] = self
 
     def reset_parameters(self) -> None:
         """The C++ modules' initialisation (``quadnet::nn::init::quadratic_layer_``)."""

@@ -1,4 +1,5 @@
-"""EndToEndSGD: the closed-form dynamics of a depth-N linear network on an ordinary weight (DESIGN §5)."""
+"""EndToEndSGD: the closed-form dynamics of a depth-N linear network on an ordinary weight
+(docs/end_to_end.rst)."""
 from typing import Callable, Iterable, Optional
 
 import torch

@@ -1,4 +1,4 @@
-"""GLRAMSGD: projected SGD of quadratic layers in their canonical space (DESIGN §4)."""
+"""GLRAMSGD: projected SGD of quadratic layers in their canonical space (docs/glram.rst)."""
 from typing import Callable, Iterable, Optional, Union
 
 import torch
@@ -39,8 +39,11 @@ class GLRAMSGD(Optimizer):
     Args:
         params: an ``nn.Module`` (all its parameters), or an iterable of parameters / param
             group dicts, as for ``torch.optim.SGD``. Quadratic layers are found from their
-            parameters, so ``GLRAMSGD(model.parameters(), ...)`` works, and so does giving only
-            the quadratic layers' parameters here and the rest to another optimizer.
+            parameters, so ``GLRAMSGD(model.parameters(), ...)`` works (also after
+            ``copy.deepcopy``, pickling, ``load_state_dict(..., assign=True)`` or assigning a
+            new ``weight`` / ``S``), and so does giving only the quadratic layers' parameters
+            here and the rest to another optimizer. A layer's ``weight`` and ``S`` must be in
+            the same param group (``ValueError`` otherwise: half a layer would get plain SGD).
         lr: learning rate.
         momentum: momentum of the non-quadratic parameters (default 0).
         weight_decay: L2 penalty, on the canonical ``A_i`` for quadratic layers (default 0).
@@ -64,10 +67,12 @@ class GLRAMSGD(Optimizer):
             params = params.parameters()
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, tol=tol, max_iter=max_iter)
         super().__init__(params, defaults)
-        if not layers:  # plain parameters: find the layers they belong to
+        if not layers:  # plain parameters: find the layers they belong to (weight or S)
             found = (quadratic_layer_of(p) for g in self.param_groups for p in g["params"])
-            layers = [layer for layer in found if layer is not None]
+            layers = list({id(layer): layer for layer in found if layer is not None}.values())
         self._layers = layers
+        for group in self.param_groups:
+            _check_layers_in_group(layers, group)
         for layer in layers:
             layer.set_capture(True)
         #: GLRAM results of the last step, one per projected layer (objective, iterations).
@@ -83,11 +88,10 @@ class GLRAMSGD(Optimizer):
         projected = {id(p) for layer in self._layers for p in (layer.weight, layer.S)}
         for group in self.param_groups:
             in_group = {id(p) for p in group["params"]}
+            _check_layers_in_group(self._layers, group)
             for layer in self._layers:
                 if id(layer.weight) not in in_group:
                     continue
-                if id(layer.S) not in in_group:
-                    raise ValueError("GLRAMSGD: a QuadraticLayer's weight and S must be in the same param group")
                 X, G = layer.take_captured()
                 if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
                     X, G = _all_gather_batch(layer, X, G)
@@ -114,6 +118,16 @@ class GLRAMSGD(Optimizer):
             self.state[p]["momentum_buffer"] = buffer
         self.last_projections = projections
         return loss
+
+
+def _check_layers_in_group(layers, group) -> None:
+    """A projected layer needs its weight and S in one group: half of it would get plain SGD."""
+    in_group = {id(p) for p in group["params"]}
+    for layer in layers:
+        if (id(layer.weight) in in_group) != (id(layer.S) in in_group):
+            raise ValueError("GLRAMSGD: a QuadraticLayer's weight and S must be in the same param group "
+                             f"(found only its {'weight' if id(layer.weight) in in_group else 'S'} in a group "
+                             f"for {layer!r})")
 
 
 def _all_gather_batch(layer: QuadraticLayer, X: Optional[torch.Tensor], G: Optional[torch.Tensor]):
