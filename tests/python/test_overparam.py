@@ -176,10 +176,10 @@ def test_end_to_end_sgd_follows_explicit_depth_n_training(depth, device):
     W_explicit = explicit.end_to_end().detach()
     moved = float((W_explicit - explicit.end_to_end().detach().new_tensor(0)).norm())
     assert moved > 0.5  # the weights did travel
-    deviation = float((direct.weight - W_explicit).norm() / W_explicit.norm())
+    deviation = float((direct.weight.detach() - W_explicit).norm() / W_explicit.norm())
     assert deviation < 1e-2, deviation
     # ... and the comparison has power: plain SGD (depth 1) goes elsewhere.
-    assert float((plain.weight - W_explicit).norm() / W_explicit.norm()) > 10 * deviation
+    assert float((plain.weight.detach() - W_explicit).norm() / W_explicit.norm()) > 10 * deviation
 
 
 def test_end_to_end_sgd_api_groups_state_dict_closure_and_errors():
