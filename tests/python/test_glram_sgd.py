@@ -193,6 +193,22 @@ def test_half_a_layer_in_a_group_is_an_error_not_plain_sgd():
         GLRAMSGD([{"params": [layer.weight]}, {"params": [layer.S]}], lr=0.1)
 
 
+def test_a_group_edited_to_hold_half_a_layer_refuses_the_step_and_keeps_the_captures():
+    first, second = QuadraticLayer(6, 3, 2), QuadraticLayer(3, 2, 2)
+    model = torch.nn.Sequential(first, second)
+    opt = GLRAMSGD([{"params": first.parameters()}, {"params": second.parameters()}], lr=0.1)
+    model(torch.randn(8, 6)).sum().backward()
+    params = opt.param_groups[1]["params"]
+    params.pop(next(i for i, p in enumerate(params) if p is second.S))
+    weights = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="weight and S must be in the same param group .*only its weight"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(weights, model.parameters()))
+    params.append(second.S)
+    opt.step()
+    assert len(opt.last_projections) == 2  # neither layer's captured batch was consumed by the refused step
+
+
 def test_invalid_arguments():
     layer = QuadraticLayer(4, 2, 2)
     with pytest.raises(ValueError, match="lr must be >= 0"):

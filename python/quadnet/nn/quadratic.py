@@ -74,7 +74,7 @@ class QuadraticLayer(torch.nn.Module):
         self._captures: List[Tuple[Tensor, List[Tensor]]] = []
         self.reset_parameters()
 
-    # The registry follows the weight wherever a new Parameter object takes its place:
+    # The registry follows weight and S wherever a new Parameter object takes their place:
     # assignment (``layer.weight = ...``, ``load_state_dict(..., assign=True)``) goes through
     # __setattr__, copies (``copy.deepcopy``, pickle) through __setstate__.
     @torch.jit.unused

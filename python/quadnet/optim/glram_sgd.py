@@ -71,8 +71,7 @@ class GLRAMSGD(Optimizer):
             found = (quadratic_layer_of(p) for g in self.param_groups for p in g["params"])
             layers = list({id(layer): layer for layer in found if layer is not None}.values())
         self._layers = layers
-        for group in self.param_groups:
-            _check_layers_in_group(layers, group)
+        _check_layers_in_groups(layers, self.param_groups)
         for layer in layers:
             layer.set_capture(True)
         #: GLRAM results of the last step, one per projected layer (objective, iterations).
@@ -86,9 +85,9 @@ class GLRAMSGD(Optimizer):
                 loss = closure()
         commits, buffers, projections = [], [], []
         projected = {id(p) for layer in self._layers for p in (layer.weight, layer.S)}
-        for group in self.param_groups:
-            in_group = {id(p) for p in group["params"]}
-            _check_layers_in_group(self._layers, group)
+        # Checked for every group before any capture is consumed: a refused step changes nothing.
+        groups_ids = _check_layers_in_groups(self._layers, self.param_groups)
+        for group, in_group in zip(self.param_groups, groups_ids):
             for layer in self._layers:
                 if id(layer.weight) not in in_group:
                     continue
@@ -120,14 +119,17 @@ class GLRAMSGD(Optimizer):
         return loss
 
 
-def _check_layers_in_group(layers, group) -> None:
-    """A projected layer needs its weight and S in one group: half of it would get plain SGD."""
-    in_group = {id(p) for p in group["params"]}
-    for layer in layers:
-        if (id(layer.weight) in in_group) != (id(layer.S) in in_group):
-            raise ValueError("GLRAMSGD: a QuadraticLayer's weight and S must be in the same param group "
-                             f"(found only its {'weight' if id(layer.weight) in in_group else 'S'} in a group "
-                             f"for {layer!r})")
+def _check_layers_in_groups(layers, param_groups) -> list:
+    """A projected layer needs its weight and S in one group: half of it would get plain SGD.
+    Returns the set of parameter ids of each group."""
+    groups_ids = [{id(p) for p in group["params"]} for group in param_groups]
+    for in_group in groups_ids:
+        for layer in layers:
+            if (id(layer.weight) in in_group) != (id(layer.S) in in_group):
+                raise ValueError("GLRAMSGD: a QuadraticLayer's weight and S must be in the same param group "
+                                 f"(found only its {'weight' if id(layer.weight) in in_group else 'S'} in a "
+                                 f"group for {layer!r})")
+    return groups_ids
 
 
 def _all_gather_batch(layer: QuadraticLayer, X: Optional[torch.Tensor], G: Optional[torch.Tensor]):
