@@ -1,12 +1,14 @@
-"""Factored projected step vs dense GLRAM on the materialised canonical matrices.
+"""Projected steps (both solvers) vs dense GLRAM on the materialised canonical matrices, and
+GLRAMSGD steps vs SGD steps.
 
-    .venv/bin/python benchmarks/bench_glram.py [--json results/bench_glram.json]
+    .venv/bin/python benchmarks/bench_glram.py [--json results/bench_glram.json] [--threads 1]
 
-For each (B, d, r, n): time of quadnet.linalg.projected_step (thin QR + GLRAM on k×k cores,
-k = r + B), of the dense route (materialise A_i = W^T S_i W − lr X^T diag(G_i) X, then
-quadnet.linalg.glram warm-started from W), and of a plain forward+backward of the layer;
-and the peak extra memory of each projection, measured in a fresh subprocess (ru_maxrss).
-Both projections run the same GLRAM settings (tol=1e-6, max_iter=100, warm start).
+For each (B, d, r, n): time of quadnet.linalg.projected_step with solver="rayleigh_ritz" (the
+default: A_i applied through its factors) and solver="exact" (thin QR + full GLRAM iterations on
+k×k cores, k = r + B), of the dense route (materialise A_i = W^T S_i W − lr X^T diag(G_i) X,
+then the exact GLRAM warm-started from W: the original algorithm), and of a plain
+forward+backward of the layer; and the peak extra memory of each projection, measured in a
+fresh subprocess (ru_maxrss). All projections run the same settings (tol=1e-6, max_iter=100).
 
 The random step above is far from a training step (its gradient term dominates the model, so
 GLRAM needs many iterations). The training rows time projected_step inside a real training
@@ -15,8 +17,15 @@ random teacher layer on fresh Gaussian batches (MSE), warm-started from its curr
 GLRAMSGD does; medians over the steps after TRAIN_WARMUP. The floor row times what every
 exact step must do at least once: the d×k float64 Gram matrix of [W^T | X^T] and one k×k
 float64 eigen-solve (GLRAM needs one per iteration).
+
+The optimizer rows time whole training steps (zero_grad, forward, cross-entropy, backward,
+step) on standardised Fashion-MNIST batches of 128: SGD, GLRAMSGD with each solver, for
+QuadraticLayer(784, 10, rank=25) and for the main demo's DeepPolynomialNet([784, 128, 10],
+[32, 16], norm=True) with the demo's settings (canonical lr 0.005, max_iter=3); medians after
+warm-up.
 """
 import argparse
+import copy
 import os
 import subprocess
 import sys
@@ -43,14 +52,18 @@ def problem(B, d, r, n):
     return layer, X, G
 
 
-def factored(layer, X, G):
-    return projected_step(layer.weight.detach(), layer.S.detach(), X, G, LR)
+def factored(layer, X, G, solver="rayleigh_ritz"):
+    return projected_step(layer.weight.detach(), layer.S.detach(), X, G, LR, solver=solver)
+
+
+def exact(layer, X, G):
+    return factored(layer, X, G, "exact")
 
 
 def dense(layer, X, G):
     with torch.no_grad():
         A = canonical_form(layer.weight, layer.S) - LR * canonical_gradient(X, G)
-        return glram(A, layer.rank, init=layer.weight)
+        return glram(A, layer.rank, init=layer.weight, solver="exact")
 
 
 def forward_backward(layer, X, G):
@@ -62,12 +75,14 @@ def median(values):
     return sorted(values)[len(values) // 2]
 
 
-def training(B, d, r, n):
+def training(B, d, r, n, solver):
     """Projected SGD of a student layer towards a teacher: per-step projection time, GLRAM
-    iterations and loss, and the trained layer's forward+backward timed on the last batch."""
+    iterations and loss, and the trained layer's forward+backward timed on the last batch.
+    Every step also runs the other solver from the same state: the largest relative excess of
+    this solver's objective over the exact one's."""
     torch.manual_seed(1)
     teacher, student = quadnet.nn.QuadraticLayer(d, n, r), quadnet.nn.QuadraticLayer(d, n, r)
-    seconds, iterations, losses = [], [], []
+    seconds, iterations, losses, excess = [], [], [], []
     for _ in range(TRAIN_STEPS):
         X = torch.randn(B, d)
         with torch.no_grad():
@@ -76,8 +91,10 @@ def training(B, d, r, n):
         loss = torch.nn.functional.mse_loss(Y, target)
         (G,) = torch.autograd.grad(loss, Y)
         t0 = time.perf_counter()
-        res = projected_step(student.weight.detach(), student.S.detach(), X, G, TRAIN_LR)
+        res = projected_step(student.weight.detach(), student.S.detach(), X, G, TRAIN_LR, solver=solver)
         seconds.append(time.perf_counter() - t0)
+        ref = projected_step(student.weight.detach(), student.S.detach(), X, G, TRAIN_LR, solver="exact")
+        excess.append(float(res.objective[-1] / ref.objective[-1] - 1))
         with torch.no_grad():
             student.weight.copy_(res.weight)
             student.S.copy_(res.S)
@@ -86,7 +103,67 @@ def training(B, d, r, n):
     t_fb = median_time(forward_backward, student, X, G, repeats=50)
     return {"seconds": median(seconds[TRAIN_WARMUP:]), "iterations": median(iterations[TRAIN_WARMUP:]),
             "max_iterations": max(iterations[TRAIN_WARMUP:]), "forward_backward": t_fb,
-            "loss_first": losses[0], "loss_last": sum(losses[-5:]) / 5}
+            "loss_first": losses[0], "loss_last": sum(losses[-5:]) / 5, "max_objective_excess": max(excess)}
+
+
+def fmnist_batches(steps, batch=128):
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+    import fashion_mnist
+    x, y = fashion_mnist.load("train")
+    x = (x - x.mean(0)) / (x.std(0) + 0.1)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    return [(x[i], y[i]) for i in order[:steps * batch].view(steps, batch)]
+
+
+def optimizer_steps(steps=60, warmup=10):
+    """Median seconds of a whole training step per model and optimizer (module docstring)."""
+    batches = fmnist_batches(steps)
+    demo = sys.modules.get("demo") or _import_demo()
+
+    def models():
+        torch.manual_seed(0)
+        yield "QuadraticLayer(784, 10, rank=25)", quadnet.nn.QuadraticLayer(784, 10, 25), 0.01, {}
+        torch.manual_seed(0)
+        yield "demo DeepPolynomialNet", quadnet.nn.DeepPolynomialNet(demo.SIZES, demo.RANKS, norm=True), 0.02, {}
+
+    rows = []
+    for name, fresh, lr, _ in models():
+        row = {"model": name}
+        for label in ("SGD", "GLRAMSGD rayleigh_ritz", "GLRAMSGD exact"):
+            model = copy.deepcopy(fresh)
+            if label == "SGD":
+                opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+            elif name.startswith("demo"):
+                opt = demo.glram_sgd(model, lr)
+                for group in opt.param_groups:
+                    group["solver"] = label.split()[1]
+            else:
+                opt = quadnet.optim.GLRAMSGD(model, lr=lr, solver=label.split()[1])
+            times = []
+            for x, y in batches:
+                t0 = time.perf_counter()
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+                times.append(time.perf_counter() - t0)
+            row[label] = median(times[warmup:])
+        row["rayleigh_ritz_over_sgd"] = row["GLRAMSGD rayleigh_ritz"] / row["SGD"]
+        row["exact_over_sgd"] = row["GLRAMSGD exact"] / row["SGD"]
+        rows.append(row)
+        print(f"  {name}: step SGD {row['SGD'] * 1e3:.2f} ms, GLRAMSGD rayleigh_ritz "
+              f"{row['GLRAMSGD rayleigh_ritz'] * 1e3:.2f} ms ({row['rayleigh_ritz_over_sgd']:.1f}x SGD), "
+              f"exact {row['GLRAMSGD exact'] * 1e3:.2f} ms ({row['exact_over_sgd']:.1f}x SGD)")
+    return rows
+
+
+def _import_demo():
+    import importlib.util
+    path = os.path.join(os.path.dirname(__file__), "..", "examples", "train_deep_polynomial_fashion_mnist.py")
+    spec = importlib.util.spec_from_file_location("demo", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["demo"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def floor(B, d, r, n):
@@ -126,7 +203,7 @@ def measure(variant, shape):
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     before = _status_kb("VmRSS")
-    {"factored": factored, "dense": dense}[variant](layer, X, G)
+    {"factored": factored, "exact": exact, "dense": dense}[variant](layer, X, G)
     peak = _status_kb("VmHWM")
     print(max(0, peak - before) * 1024)
 
@@ -134,8 +211,10 @@ def measure(variant, shape):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="results/bench_glram.json")
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--measure", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     if args.measure:
         return measure(args.measure[0], tuple(int(v) for v in args.measure[1:]))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; layer float32, projections in float64")
@@ -143,42 +222,48 @@ def main():
     for shape in SHAPES:
         B, d, r, n = shape
         layer, X, G = problem(*shape)
-        t_fact = median_time(factored, layer, X, G)
-        t_dense = median_time(dense, layer, X, G, repeats=3, budget=60.0)
+        variants = {"rayleigh_ritz": factored, "exact": exact, "dense": dense}
+        t = {name: median_time(fn, layer, X, G, **({"repeats": 3, "budget": 60.0} if name == "dense" else {}))
+             for name, fn in variants.items()}
         t_fb = median_time(forward_backward, layer, X, G, repeats=50)
-        res_f, res_d = factored(layer, X, G), dense(layer, X, G)
-        mem_f, mem_d = peak_extra_bytes("factored", shape), peak_extra_bytes("dense", shape)
+        res = {name: fn(layer, X, G) for name, fn in variants.items()}
+        mem = {name: peak_extra_bytes("factored" if name == "rayleigh_ritz" else name, shape) for name in variants}
         k = r + B
-        train, low = training(*shape), floor(*shape)
+        train = {solver: training(*shape, solver) for solver in ("rayleigh_ritz", "exact")}
+        low = floor(*shape)
         row = {
             "shape": list(shape), "k": k,
-            "seconds": {"factored": t_fact, "dense": t_dense, "forward_backward": t_fb},
-            "dense_over_factored": t_dense / t_fact, "factored_over_forward_backward": t_fact / t_fb,
-            "iterations": {"factored": res_f.iterations, "dense": res_d.iterations},
-            "objective": {"factored": float(res_f.objective[-1]), "dense": float(res_d.objective[-1])},
-            "peak_extra_MB": {"factored": mem_f / 2**20, "dense": mem_d / 2**20},
+            "seconds": {**t, "forward_backward": t_fb},
+            "dense_over": {name: t["dense"] / t[name] for name in ("rayleigh_ritz", "exact")},
+            "over_forward_backward": {name: t[name] / t_fb for name in ("rayleigh_ritz", "exact")},
+            "iterations": {name: r_.iterations for name, r_ in res.items()},
+            "objective": {name: float(r_.objective[-1]) for name, r_ in res.items()},
+            "peak_extra_MB": {name: m / 2**20 for name, m in mem.items()},
             "model_MB": {"n_d2_float64": n * d * d * 8 / 2**20,
                          "d_k_plus_n_k2_float64": (d * k + n * k * k) * 8 / 2**20},
-            "training": {**train, "step_over_forward_backward": train["seconds"] / train["forward_backward"]},
+            "training": {solver: {**tr, "step_over_forward_backward": tr["seconds"] / tr["forward_backward"]}
+                         for solver, tr in train.items()},
             "floor_seconds": low,
         }
         rows.append(row)
-        print(f"(B,d,r,n)={shape}  k={k}")
-        print(f"  time   factored {t_fact * 1e3:9.2f} ms   dense {t_dense * 1e3:9.2f} ms   "
-              f"dense/factored {row['dense_over_factored']:7.1f}x")
-        print(f"  layer forward+backward {t_fb * 1e3:.3f} ms   factored step / fwd+bwd {row['factored_over_forward_backward']:.1f}x")
-        print(f"  iterations factored {res_f.iterations} dense {res_d.iterations};  objective factored "
-              f"{row['objective']['factored']:.6g} dense {row['objective']['dense']:.6g}")
-        print(f"  peak extra memory factored {mem_f / 2**20:8.1f} MB   dense {mem_d / 2**20:8.1f} MB   "
-              f"(n·d² float64 = {row['model_MB']['n_d2_float64']:.1f} MB, "
+        print(f"(B,d,r,n)={shape}  k={k}   layer forward+backward {t_fb * 1e3:.3f} ms")
+        for name in variants:
+            extra = (f"  dense/this {row['dense_over'][name]:6.1f}x   this/fwd+bwd {row['over_forward_backward'][name]:5.1f}x"
+                     if name != "dense" else "")
+            print(f"  {name:13s} {t[name] * 1e3:9.2f} ms  iterations {res[name].iterations:3d}  objective "
+                  f"{row['objective'][name]:.6g}  peak extra {mem[name] / 2**20:7.1f} MB{extra}")
+        print(f"  (n·d² float64 = {row['model_MB']['n_d2_float64']:.1f} MB, "
               f"d·k + n·k² float64 = {row['model_MB']['d_k_plus_n_k2_float64']:.1f} MB)")
-        print(f"  training (lr {TRAIN_LR}, steps {TRAIN_WARMUP}-{TRAIN_STEPS}): projected step {train['seconds'] * 1e3:.2f} ms, "
-              f"GLRAM iterations median {train['iterations']} max {train['max_iterations']}, layer fwd+bwd "
-              f"{train['forward_backward'] * 1e3:.3f} ms, step / fwd+bwd {row['training']['step_over_forward_backward']:.1f}x, "
-              f"loss {train['loss_first']:.4g} -> {train['loss_last']:.4g}")
-        print(f"  floor: d×k Gram {low['gram'] * 1e3:.2f} ms + one k×k eigh {low['eigh'] * 1e3:.2f} ms "
+        for solver, tr in row["training"].items():
+            print(f"  training {solver:13s} (lr {TRAIN_LR}, steps {TRAIN_WARMUP}-{TRAIN_STEPS}): projected step "
+                  f"{tr['seconds'] * 1e3:.2f} ms, iterations median {tr['iterations']} max {tr['max_iterations']}, "
+                  f"step / fwd+bwd {tr['step_over_forward_backward']:.1f}x, loss {tr['loss_first']:.4g} -> "
+                  f"{tr['loss_last']:.4g}, objective vs exact at most {tr['max_objective_excess']:+.1e}")
+        print(f"  floor of the exact route: d×k Gram {low['gram'] * 1e3:.2f} ms + one k×k eigh {low['eigh'] * 1e3:.2f} ms "
               f"= {(low['gram'] + low['eigh']) / t_fb:.1f}x fwd+bwd")
-    save_rows(args.json, rows)
+    print("whole training steps (Fashion-MNIST, batch 128):")
+    steps = optimizer_steps()
+    save_rows(args.json, rows, optimizer_steps=steps)
 
 
 if __name__ == "__main__":

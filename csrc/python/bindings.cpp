@@ -7,8 +7,8 @@
 
 namespace {
 
-quadnet::linalg::GLRAMOptions glram_options(double tol, int64_t max_iter) {
-  return quadnet::linalg::GLRAMOptions().tol(tol).max_iter(max_iter);
+quadnet::linalg::GLRAMOptions glram_options(double tol, int64_t max_iter, const std::string& solver) {
+  return quadnet::linalg::GLRAMOptions().tol(tol).max_iter(max_iter).solver(solver);
 }
 
 }  // namespace
@@ -26,28 +26,31 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readonly("converged", &GLRAMResult::converged);
   linalg.def("glram",
              [](const torch::Tensor& A, int64_t rank, double tol, int64_t max_iter,
-                c10::optional<torch::Tensor> init) {
-               return quadnet::linalg::glram(A, rank, glram_options(tol, max_iter).init(init.value_or(torch::Tensor())));
+                c10::optional<torch::Tensor> init, const std::string& solver) {
+               return quadnet::linalg::glram(
+                   A, rank, glram_options(tol, max_iter, solver).init(init.value_or(torch::Tensor())));
              },
-             py::arg("A"), py::arg("rank"), py::arg("tol"), py::arg("max_iter"), py::arg("init"),
+             py::arg("A"), py::arg("rank"), py::arg("tol"), py::arg("max_iter"), py::arg("init"), py::arg("solver"),
              py::call_guard<py::gil_scoped_release>());
   linalg.def("projected_step",
              [](const torch::Tensor& weight, const torch::Tensor& S, const torch::Tensor& X,
-                const torch::Tensor& G, double lr, double tol, int64_t max_iter) {
-               return quadnet::linalg::projected_step(weight, S, X, G, lr, glram_options(tol, max_iter));
+                const torch::Tensor& G, double lr, double tol, int64_t max_iter,
+                const std::string& solver) {
+               return quadnet::linalg::projected_step(weight, S, X, G, lr, glram_options(tol, max_iter, solver));
              },
              py::arg("weight"), py::arg("S"), py::arg("X"), py::arg("G"), py::arg("lr"), py::arg("tol"),
-             py::arg("max_iter"), py::call_guard<py::gil_scoped_release>());
+             py::arg("max_iter"), py::arg("solver"), py::call_guard<py::gil_scoped_release>());
 
   auto optim = m.def_submodule("optim", "optimizer update rules");
   optim.def("quadratic_layer_step",
             [](const torch::Tensor& weight, const torch::Tensor& S, const torch::Tensor& X,
-               const torch::Tensor& G, double lr, double weight_decay, double tol, int64_t max_iter) {
+               const torch::Tensor& G, double lr, double weight_decay, double tol, int64_t max_iter,
+               const std::string& solver) {
               return quadnet::optim::quadratic_layer_step(weight, S, X, G, lr, weight_decay,
-                                                          glram_options(tol, max_iter));
+                                                          glram_options(tol, max_iter, solver));
             },
             py::arg("weight"), py::arg("S"), py::arg("X"), py::arg("G"), py::arg("lr"),
-            py::arg("weight_decay"), py::arg("tol"), py::arg("max_iter"),
+            py::arg("weight_decay"), py::arg("tol"), py::arg("max_iter"), py::arg("solver"),
             py::call_guard<py::gil_scoped_release>());
   optim.def("sgd_update",
             [](const torch::Tensor& param, const torch::Tensor& grad,

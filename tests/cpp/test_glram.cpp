@@ -90,6 +90,29 @@ TEST(GLRAM, FactoredStepWithDependentSamplesMatchesDenseProjection) {
   expect_step_matches_dense(W, S, collinear, weighted);
 }
 
+// The Rayleigh–Ritz solver on the steps of a projected SGD run (student towards teacher): at
+// every step its objective is within 1e-3 (relative) of the exact solver's from the same state,
+// and the trace never increases. (Steps with a far larger lr can end in different local optima:
+// docs/glram.rst.)
+TEST(GLRAM, RayleighRitzAgreesWithExactOnTrainingSteps) {
+  torch::manual_seed(6);
+  const int64_t d = 50, r = 4, n = 6, B = 16;
+  auto W_true = torch::randn({r, d}, torch::kFloat64), S_true = torch::randn({n, r, r}, torch::kFloat64);
+  auto W = std::get<0>(at::linalg_qr(torch::randn({d, r}, torch::kFloat64))).t().contiguous();
+  auto S = torch::randn({n, r, r}, torch::kFloat64);
+  for (int step = 0; step < 20; ++step) {
+    auto X = torch::randn({B, d}, torch::kFloat64);
+    auto G = (quadnet::quadratic_form(X, W, S) - quadnet::quadratic_form(X, W_true, S_true)) / (B * d);
+    auto fast = quadnet::linalg::projected_step(W, S, X, G, 0.01);
+    auto exact = quadnet::linalg::projected_step(W, S, X, G, 0.01, GLRAMOptions().solver("exact"));
+    const double f = fast.objective[-1].item<double>(), e = exact.objective[-1].item<double>();
+    EXPECT_NEAR(f, e, 1e-3 * e) << "step " << step;
+    EXPECT_TRUE((fast.objective.diff() <= 1e-12).all().item<bool>()) << "step " << step;
+    W = fast.weight;
+    S = fast.S;
+  }
+}
+
 TEST(GLRAM, BadInputIsRejected) {
   auto A = random_model_matrices(2, 5, 2);
   EXPECT_THROW(quadnet::linalg::glram(A, 0), c10::Error);
@@ -101,6 +124,13 @@ TEST(GLRAM, BadInputIsRejected) {
   auto asym = A.clone();
   asym[1][0][2] += 1.0;
   EXPECT_THROW(quadnet::linalg::glram(asym, 2), c10::Error);
+  try {
+    quadnet::linalg::glram(A, 2, GLRAMOptions().solver("lanczos"));
+    FAIL() << "expected an error";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("glram: solver must be \"rayleigh_ritz\" or \"exact\", got \"lanczos\""),
+              std::string::npos);
+  }
 }
 
 }  // namespace

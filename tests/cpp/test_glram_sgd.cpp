@@ -99,13 +99,14 @@ TEST(GLRAMSGD, StateRoundTripContinuesIdentically) {
   torch::save(b, model_stream);
   torch::save(opt_b, opt_stream);
   auto c = make();
-  GLRAMSGD opt_c(*c, GLRAMSGDOptions(0.5).momentum(0.9).max_iter(7));  // restored by load
+  GLRAMSGD opt_c(*c, GLRAMSGDOptions(0.5).momentum(0.9).max_iter(7).solver("exact"));  // restored by load
   torch::load(c, model_stream);
   torch::load(opt_c, opt_stream);
   const auto& restored = static_cast<const GLRAMSGDOptions&>(opt_c.param_groups()[0].options());
   EXPECT_EQ(restored.lr(), 0.01);
   EXPECT_EQ(restored.momentum(), 0.5);
   EXPECT_EQ(restored.max_iter(), 100);
+  EXPECT_EQ(restored.solver(), "rayleigh_ritz");
   run(c, opt_c, 2);
   auto pa = a->parameters(), pc = c->parameters();
   for (size_t i = 0; i < pa.size(); ++i) EXPECT_TRUE(torch::equal(pa[i], pc[i])) << i;

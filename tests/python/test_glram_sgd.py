@@ -15,18 +15,26 @@ from conftest import DEVICES
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_one_step_equals_dense_reference(device):
+@pytest.mark.parametrize("solver", [None, "rayleigh_ritz", "exact"])
+def test_one_step_equals_dense_reference(device, solver):
+    """One step is the dense GLRAM of the canonical step with the solver asked for (default:
+    rayleigh_ritz); the two solvers take different paths, so each must match its own."""
+    torch.manual_seed(0)
     layer = QuadraticLayer(12, 3, rank=2, bias=False).double().to(device)
     W0, S0 = layer.weight.detach().clone(), layer.S.detach().clone()
     x = torch.randn(5, 12, dtype=torch.float64, device=device)
     target = torch.randn(5, 3, dtype=torch.float64, device=device)
-    opt = GLRAMSGD(layer, lr=0.05, tol=0.0, max_iter=3)
+    chosen = {} if solver is None else {"solver": solver}
+    opt = GLRAMSGD(layer, lr=0.05, tol=0.0, max_iter=3, **chosen)
     opt.zero_grad()
     (0.5 * ((layer(x) - target) ** 2).sum()).backward()
     opt.step()
     G = quadratic_form(x, W0, S0) - target
     A = canonical_form(W0, S0) - 0.05 * canonical_gradient(x, G)
-    dense = glram(A, 2, init=W0, tol=0.0, max_iter=3)
+    dense = glram(A, 2, init=W0, tol=0.0, max_iter=3, solver=solver or "rayleigh_ritz")
+    other = glram(A, 2, init=W0, tol=0.0, max_iter=3, solver="exact" if solver != "exact" else "rayleigh_ritz")
+    assert not torch.allclose(canonical_form(dense.weight, dense.S), canonical_form(other.weight, other.S),
+                              rtol=0, atol=1e-6), "the solvers must be told apart by this problem"
     assert layer.weight.device == x.device and dense.weight.device == x.device
     torch.testing.assert_close(layer.canonical(), canonical_form(dense.weight, dense.S), rtol=0, atol=1e-8)
 
@@ -242,3 +250,9 @@ def test_stacked_quadratic_layers_each_projected_with_backprop_between():
     for block in model:
         W = block.quad.weight
         torch.testing.assert_close(W @ W.T, torch.eye(W.shape[0]), rtol=0, atol=1e-5)
+
+
+def test_unknown_solver_is_rejected():
+    layer = QuadraticLayer(6, 2, rank=2)
+    with pytest.raises(ValueError, match=r'GLRAMSGD: solver must be "rayleigh_ritz" or "exact", got "eigh"'):
+        GLRAMSGD(layer, lr=0.1, solver="eigh")

@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "../ops/quadratic_form.h"
@@ -43,9 +45,28 @@ double squared_norm(const at::Tensor& t) {
 // both products are 3-D × 2-D matmuls that fold into one GEMM (no broadcast copies of V).
 at::Tensor project(const at::Tensor& AV, const at::Tensor& V) { return at::matmul(AV.transpose(1, 2), V); }
 
+constexpr double kMaxBasisDrift = 1e-10;  // max |Q^T Q − I| accepted from CholeskyQR
+
+// CholeskyQR of C (m × c): (R, R^{-1}) with C = Q R, Q = C R^{-1}, if Q comes out orthonormal to
+// kMaxBasisDrift (cond(C) ≲ 1e3); else undefined tensors. T = C^T C.
+std::pair<at::Tensor, at::Tensor> cholesky_qr(const at::Tensor& T) {
+  auto chol = at::linalg_cholesky_ex(T, /*upper=*/true);
+  if (std::get<1>(chol).item<int64_t>() != 0) return {};
+  const auto& R = std::get<0>(chol);
+  auto eye = at::eye(T.size(0), T.options());
+  auto Rinv = at::linalg_solve_triangular(R, eye, /*upper=*/true);
+  const double drift = (at::mm(at::mm(Rinv.t(), T), Rinv) - eye).abs().max().item<double>();
+  if (!(drift <= kMaxBasisDrift)) return {};
+  return {R, Rinv};
+}
+
 // Orthonormal basis of the row space of a warm-start weight (r × d), or undefined if the
-// weight is numerically rank deficient (then the classic start is better).
+// weight is numerically rank deficient (then the classic start is better). CholeskyQR (one
+// r×r Gram matrix) when the rows are well conditioned, as a trained weight's are; else
+// Householder QR.
 at::Tensor orthonormal_rows(const at::Tensor& weight) {
+  auto fast = cholesky_qr(at::mm(weight, weight.t()));
+  if (fast.second.defined()) return at::mm(weight.t(), fast.second);
   auto qr = at::linalg_qr(weight.t(), "reduced");
   auto diag = std::get<1>(qr).diagonal().abs();
   const double largest = diag.max().item<double>();
@@ -81,6 +102,18 @@ class DenseMatrices {
     if (shift > 0) P = at::cat({P, s.V * std::sqrt(shift)}, 1);
     return top_subspace(P, r);
   }
+  // Rayleigh–Ritz interface (see rayleigh_ritz): Image = A U (n × m × u).
+  using Image = at::Tensor;
+  Image image(const at::Tensor& U) const { return at::matmul(A_, U); }
+  // U^T A_i V (n × u × v) from the image of V.
+  at::Tensor cross(const at::Tensor& U, const Image& /*AU*/, const Image& AV) const {
+    return project(AV, U).transpose(1, 2);
+  }
+  // Σ_i A_i V K_i (m × v).
+  at::Tensor apply(const Image& AV, const at::Tensor& K) const { return at::matmul(AV, K).sum(0); }
+  static Image combine(const Image& a, const at::Tensor& Ya, const Image& b, const at::Tensor& Yb) {
+    return at::matmul(a, Ya) + at::matmul(b, Yb);
+  }
   // Classic start: top eigenvectors of Σ_i A_i A_i = [A_1 … A_n][A_1 … A_n]^T.
   at::Tensor classic_start(int64_t r) const {
     const auto n = A_.size(0), m = A_.size(1);
@@ -91,6 +124,21 @@ class DenseMatrices {
   at::Tensor A_;
   double total_;
 };
+
+// Σ_i ||A_i||_F^2 for A_i = W^T S_i W − lr X^T diag(G[:, i]) X from the Gram blocks
+// T11 = W W^T, T12 = W X^T, T22 = X X^T:
+//   ||A_i||^2 = tr(S_i T11 S_i T11) − 2 lr Σ_b g_ib t_b^T S_i t_b + lr² g_i^T (T22∘T22) g_i,
+// t_b = T12[:, b]. The same formula holds for the k×k cores of the exact projected step.
+double factored_total(const at::Tensor& T11, const at::Tensor& T12, const at::Tensor& T22, const at::Tensor& S,
+                      const at::Tensor& G, double lr) {
+  const auto n = S.size(0), r = S.size(1), B = G.size(0);
+  auto TS = at::matmul(T11, S);
+  auto first = (TS * TS.transpose(1, 2)).sum({1, 2});
+  auto cross = (at::mm(S.reshape({n * r, r}), T12).view({n, r, B}) * T12).sum(1);  // (n, B): t_b^T S_i t_b
+  auto middle = (cross * G.t()).sum(1);
+  auto last = (at::mm(T22.square(), G) * G).sum(0);
+  return (first - 2 * lr * middle + lr * lr * last).sum().item<double>();
+}
 
 // The cores of a projected step, K_i = R1 S_i R1^T − lr · R2 diag(G[:, i]) R2^T (k × k,
 // R = [R1 | R2] with [W^T | X^T] = Q R), kept as factors. With P1 = R1^T V and P2 = R2^T V every
@@ -115,17 +163,9 @@ class FactoredCores {
         R1_(R_.narrow(1, 0, r_)),
         R2_(R_.narrow(1, r_, R_.size(1) - r_)) {
     const auto B = G_.size(0);
-    auto T11 = T.narrow(0, 0, r_).narrow(1, 0, r_), T12 = T.narrow(0, 0, r_).narrow(1, r_, B),
-         T22 = T.narrow(0, r_, B).narrow(1, r_, B);
     GG_ = at::mm(G_, G_.t());  // B × B
-    // ||K_i||^2 = tr(S_i T11 S_i T11) − 2 lr Σ_b g_ib t_b^T S_i t_b + lr² g_i^T (T22∘T22) g_i,
-    // t_b = T12[:, b].
-    auto TS = at::matmul(T11, S_);
-    auto first = (TS * TS.transpose(1, 2)).sum({1, 2});
-    auto cross = (at::mm(S_.view({n_ * r_, r_}), T12).view({n_, r_, B}) * T12).sum(1);  // (n, B): t_b^T S_i t_b
-    auto middle = (cross * G_.t()).sum(1);
-    auto last = (at::mm(T22.square(), G_) * G_).sum(0);
-    total_ = (first - 2 * lr_ * middle + lr_ * lr_ * last).sum().item<double>();
+    total_ = factored_total(T.narrow(0, 0, r_).narrow(1, 0, r_), T.narrow(0, 0, r_).narrow(1, r_, B),
+                            T.narrow(0, r_, B).narrow(1, r_, B), S_, G_, lr_);
   }
 
   double total() const { return total_; }
@@ -161,6 +201,68 @@ class FactoredCores {
   double total_ = 0;
 };
 
+// A_i = W^T S_i W − lr · X^T diag(G[:, i]) X (d × d) kept as its factors, for the
+// Rayleigh–Ritz solver of a projected step: applying all n matrices to a block U (d × u)
+// costs two GEMMs with the d-sized factors, W U and X U, and O(n·u·(r + B)·u) on small
+// matrices; nothing of size d × k or k × k is formed except the B×B Gram matrix of X (for
+// Σ_i ||A_i||_F^2, once).
+class LowRankMatrices {
+ public:
+  struct Image {
+    at::Tensor WU, XU, E;  // W U (r × u), X U (B × u), E = [g_1∘XU … g_n∘XU] (B × n·u)
+  };
+  LowRankMatrices(at::Tensor W, at::Tensor S, at::Tensor X, at::Tensor G, double lr)
+      : W_(std::move(W)), S_(S.contiguous()), X_(std::move(X)), G_(std::move(G)), lr_(lr), n_(S_.size(0)), r_(S_.size(1)) {
+    auto T11 = at::mm(W_, W_.t()), T12 = at::mm(W_, X_.t()), T22 = at::mm(X_, X_.t());
+    total_ = factored_total(T11, T12, T22, S_, G_, lr_);
+    // Σ_i ||A_i||^2 from Gram entries is a sum over sample pairs that cancels when the rows of
+    // [W; X] are nearly dependent; the Cholesky factor of their Gram matrix tells (its diagonal
+    // ratio bounds cond([W; X]) from below).
+    auto chol = at::linalg_cholesky_ex(at::cat({at::cat({T11, T12}, 1), at::cat({T12.t(), T22}, 1)}, 0));
+    if (std::get<1>(chol).item<int64_t>() == 0) {
+      auto diag = std::get<0>(chol).diagonal();
+      well_conditioned_ = (diag.min() >= diag.max() * kMinFactorDiagonalRatio).item<bool>();
+    }
+  }
+
+  // The rows of [W; X] are far from dependent, so total() is accurate.
+  bool well_conditioned() const { return well_conditioned_; }
+  double total() const { return total_; }
+  Image image(const at::Tensor& U) const { return with_weighted({at::mm(W_, U), at::mm(X_, U), {}}); }
+  // U^T A_i V = (WU)^T S_i (WV) − lr (XU)^T diag(g_i) (XV)  (n × u × v).
+  at::Tensor cross(const at::Tensor& /*U*/, const Image& a, const Image& b) const {
+    const auto u = a.WU.size(1), v = b.WU.size(1);
+    auto SWU = at::mm(S_.view({n_ * r_, r_}), a.WU).view({n_, r_, u});  // S_i W U (S_i symmetric)
+    auto first = at::matmul(SWU.transpose(1, 2), b.WU);
+    auto second = at::mm(a.XU.t(), b.E).view({u, n_, v}).permute({1, 0, 2});
+    return first - second * lr_;
+  }
+  // Σ_i A_i V K_i = W^T Σ_i S_i (WV) K_i − lr X^T Σ_i diag(g_i) (XV) K_i  (d × v): the sums over
+  // i are GEMMs with inner dimension n·v.
+  at::Tensor apply(const Image& b, const at::Tensor& K) const {
+    const auto v = b.WU.size(1);
+    auto stacked = K.reshape({n_ * v, v});
+    auto SWV = at::mm(S_.view({n_ * r_, r_}), b.WU).view({n_, r_, v}).permute({1, 0, 2}).reshape({r_, n_ * v});
+    return at::mm(W_.t(), at::mm(SWV, stacked)) - at::mm(X_.t(), at::mm(b.E, stacked)) * lr_;
+  }
+  Image combine(const Image& a, const at::Tensor& Ya, const Image& b, const at::Tensor& Yb) const {
+    return with_weighted({at::mm(a.WU, Ya) + at::mm(b.WU, Yb), at::mm(a.XU, Ya) + at::mm(b.XU, Yb), {}});
+  }
+
+ private:
+  Image with_weighted(Image image) const {
+    const auto B = G_.size(0), u = image.XU.size(1);
+    image.E = (G_.unsqueeze(2) * image.XU.unsqueeze(1)).view({B, n_ * u});
+    return image;
+  }
+  static constexpr double kMinFactorDiagonalRatio = 1e-3;
+  at::Tensor W_, S_, X_, G_;
+  double lr_;
+  int64_t n_, r_;
+  double total_ = 0;
+  bool well_conditioned_ = false;
+};
+
 // [W^T | X^T] = Q R (d × k, R k × k upper triangular) for the factored step. Q is kept
 // implicit when possible: CholeskyQR (R from the Gram C^T C, Q = C R^{-1}) is one GEMM, ~5×
 // cheaper here than Householder QR with its explicit Q, and exact enough when Q comes out
@@ -180,18 +282,10 @@ struct CoreBasis {
   }
 };
 
-constexpr double kMaxBasisDrift = 1e-10;  // max |Q^T Q − I| accepted from CholeskyQR
-
 CoreBasis core_basis(const at::Tensor& C) {
   auto T = at::mm(C.t(), C);
-  auto chol = at::linalg_cholesky_ex(T, /*upper=*/true);
-  if (std::get<1>(chol).item<int64_t>() == 0) {
-    const auto& R = std::get<0>(chol);
-    auto eye = at::eye(C.size(1), C.options());
-    auto Rinv = at::linalg_solve_triangular(R, eye, /*upper=*/true);
-    const double drift = (at::mm(at::mm(Rinv.t(), T), Rinv) - eye).abs().max().item<double>();
-    if (drift <= kMaxBasisDrift) return {R, T, at::Tensor(), Rinv};
-  }
+  auto fast = cholesky_qr(T);
+  if (fast.first.defined()) return {fast.first, T, at::Tensor(), fast.second};
   auto qr = at::linalg_qr(C, "reduced");
   return {std::get<1>(qr), T, std::get<0>(qr), at::Tensor()};
 }
@@ -237,6 +331,88 @@ GLRAMResult alternate(const Problem& problem, at::Tensor V, const GLRAMOptions& 
   return result;
 }
 
+// An orthonormal basis (m × q) of the part of span Z outside span V (V orthonormal, m × r;
+// Z already projected off V once). A second projection (Gram–Schmidt needs it), then
+// CholeskyQR, a few r×r products. When that is inaccurate — Z nearly rank deficient, as at a
+// fixed point where M V ⊂ span V — Householder QR of [V | Z], whose last columns are
+// orthonormal and orthogonal to V whatever Z is.
+at::Tensor orthonormal_extension(const at::Tensor& V, at::Tensor Z, int64_t q) {
+  if (q == Z.size(1)) {
+    Z = Z - at::mm(V, at::mm(V.t(), Z));
+    auto fast = cholesky_qr(at::mm(Z.t(), Z));
+    if (fast.second.defined()) return at::mm(Z, fast.second);
+  }
+  return std::get<0>(at::linalg_qr(at::cat({V, Z}, 1), "reduced")).narrow(1, V.size(1), q);
+}
+
+// GLRAM with Rayleigh–Ritz steps from an orthonormal start V (m × r). Each iteration extends
+// V by Q2, an orthonormal basis of the part of M V outside span V (M = Σ_i A_i V V^T A_i, the
+// matrix whose top eigenvectors the exact iteration takes), and keeps the best r-dim subspace
+// of U = [V | Q2] for M: the top eigenvectors of U^T M U = Σ_i (U^T A_i V)(U^T A_i V)^T, a
+// 2r × 2r eigen-solve. Since V ⊂ span U, tr(V'^T M V') ≥ tr(V^T M V) = f(V), which is what
+// the monotonicity argument of the exact iteration needs (docs/glram.rst); the same guard
+// (redo with the shift c = Σ_i ||A_i||_F^2 on span V) covers indefinite A_i. A fixed point of
+// the exact iteration (M V ⊂ span V) is one of this one, and the stopping rule is the same.
+// Every quantity comes from the problem's images (A U in whatever factored form), which are
+// linear in U: the image of V' = U Y is combined from those of V and Q2, not recomputed.
+template <class Problem>
+GLRAMResult rayleigh_ritz(const Problem& problem, at::Tensor V, const GLRAMOptions& options) {
+  const auto m = V.size(0), r = V.size(1);
+  const auto q = std::min(r, m - r);  // the extension's width (the complement of V is m − r wide)
+  const double total = problem.total();
+  GLRAMResult result;
+  std::vector<double> trace;
+  auto image = problem.image(V);
+  auto cores = symmetric_part(problem.cross(V, image, image));
+  double f = squared_norm(cores);
+  trace.push_back(std::max(0.0, total - f));
+  for (int64_t it = 0; it < options.max_iter() && q > 0; ++it) {
+    // V^T M V = Σ_i K_i K_i comes from the cores: the first projection of M V off V is free.
+    auto MV = problem.apply(image, cores);
+    auto Q2 = orthonormal_extension(V, MV - at::mm(V, at::matmul(cores, cores).sum(0)), q);
+    auto image2 = problem.image(Q2);
+    auto H = at::cat({cores, problem.cross(Q2, image2, image)}, 1);  // U^T A_i V (n × (r + q) × r)
+    auto Hflat = H.permute({1, 0, 2}).reshape({r + q, -1});
+    auto MU = at::mm(Hflat, Hflat.t());
+    auto candidate = [&](double shift) {
+      auto Ms = MU;
+      if (shift > 0) Ms = MU + at::diag(at::cat({at::full({r}, shift, MU.options()), at::zeros({q}, MU.options())}));
+      auto Y = top_eigenvectors(symmetric_part(Ms), r);
+      auto Y1 = Y.narrow(0, 0, r), Y2 = Y.narrow(0, r, q);
+      auto V_new = at::mm(V, Y1) + at::mm(Q2, Y2);
+      auto image_new = problem.combine(image, Y1, image2, Y2);
+      auto cores_new = symmetric_part(problem.cross(V_new, image_new, image_new));
+      const double f_new = squared_norm(cores_new);
+      return std::make_tuple(V_new, image_new, cores_new, f_new);
+    };
+    auto next = candidate(0.0);
+    if (std::get<3>(next) < f) next = candidate(total);  // convexified: cannot lower f
+    const double f_new = std::get<3>(next);
+    if (!(f_new >= f)) {  // only rounding can get here: keep the better subspace
+      result.converged = true;
+      break;
+    }
+    V = std::get<0>(next);
+    image = std::get<1>(next);
+    cores = std::get<2>(next);
+    ++result.iterations;
+    const double gain = f_new - f;
+    f = f_new;
+    trace.push_back(std::max(0.0, total - f));
+    if (gain <= options.tol() * total) {
+      result.converged = true;
+      break;
+    }
+  }
+  if (q == 0) result.converged = true;  // r = m: V spans everything
+  result.S = cores;
+  result.weight = V.t();
+  result.objective = at::tensor(trace, at::kDouble);
+  return result;
+}
+
+bool exact_solver(const GLRAMOptions& options) { return options.solver() == "exact"; }
+
 // GLRAM on float64 symmetric A (n, d, d); V0 (d × r) orthonormal or undefined (classic start).
 GLRAMResult glram_float64(const at::Tensor& A, int64_t r, at::Tensor V, const GLRAMOptions& options) {
   if (A.size(0) == 1) {  // exact: Eckart–Young by |λ|
@@ -253,7 +429,8 @@ GLRAMResult glram_float64(const at::Tensor& A, int64_t r, at::Tensor V, const GL
     return result;
   }
   DenseMatrices problem(A);
-  return alternate(problem, V.defined() ? V : problem.classic_start(r), options);
+  if (!V.defined()) V = problem.classic_start(r);
+  return exact_solver(options) ? alternate(problem, V, options) : rayleigh_ritz(problem, V, options);
 }
 
 void check_finite(const char* op, const char* name, const at::Tensor& t) {
@@ -264,6 +441,8 @@ void check_options(const char* op, const GLRAMOptions& options) {
   TORCH_CHECK(options.tol() >= 0 && std::isfinite(options.tol()), op,
               ": tol must be a finite number >= 0, got ", options.tol());
   TORCH_CHECK(options.max_iter() >= 0, op, ": max_iter must be >= 0, got ", options.max_iter());
+  TORCH_CHECK(options.solver() == "rayleigh_ritz" || options.solver() == "exact", op,
+              ": solver must be \"rayleigh_ritz\" or \"exact\", got \"", options.solver(), "\"");
 }
 
 void check_rank(const char* op, int64_t rank, int64_t d) {
@@ -339,6 +518,15 @@ GLRAMResult projected_step(const at::Tensor& weight, const at::Tensor& S, const 
     auto A = canonical_form(W64, S64) - canonical_gradient(X64, G64) * lr;
     return cast_result(glram_float64(A, r, orthonormal_rows(W64), options), weight);
   }
+  const bool exact = exact_solver(options) || n == 1;
+  if (!exact) {
+    auto V0 = orthonormal_rows(W64);
+    LowRankMatrices problem(W64, S64, X64, G64, lr);
+    if (V0.defined() && problem.well_conditioned()) return cast_result(rayleigh_ritz(problem, V0, options), weight);
+  }
+  // Otherwise the k×k cores: the exact solver, one output, and the Rayleigh–Ritz solver without
+  // a warm start (weight of rank < r: the classic start needs the cores) or with nearly
+  // dependent samples.
   // A_i = Q (R C_i R^T) Q^T with [W^T | X^T] = Q R and C_i = blockdiag(S_i, −lr·diag(G[:, i])).
   auto C = at::cat({W64.t(), X64.t()}, 1);  // d × k
   const auto basis = core_basis(C);
@@ -347,11 +535,12 @@ GLRAMResult projected_step(const at::Tensor& weight, const at::Tensor& S, const 
   // The warm start W^T = Q R1: its core coordinates are R1.
   auto V0 = orthonormal_rows(R1.t());
   GLRAMResult result;
-  if (n > 1 && V0.defined() && basis.well_conditioned()) {
+  if (exact && n > 1 && V0.defined() && basis.well_conditioned()) {
     result = alternate(FactoredCores(R, basis.T, S64, G64, lr), V0, options);
   } else {
-    // The k × k cores themselves: for the exact single output, the classic start, and nearly
+    // The k × k cores themselves: for the single output, the classic start, and nearly
     // dependent samples, where the factored Σ_i ||K_i||^2 (a sum over sample pairs) could cancel.
+    // Solved with options.solver.
     auto cores = symmetric_part(at::matmul(at::matmul(R1, S64), R1.t()) - canonical_gradient(R2.t(), G64) * lr);
     result = glram_float64(cores, r, V0, options);
   }

@@ -5,6 +5,7 @@
 #include <torch/arg.h>
 
 #include <cstdint>
+#include <string>
 
 namespace quadnet {
 namespace linalg {
@@ -18,6 +19,14 @@ struct GLRAMOptions {
   // internally). Undefined, or numerically rank deficient: the classic start, the top-rank
   // eigenvectors of Σ_i A_i A_i.
   TORCH_ARG(at::Tensor, init);
+  // How each iteration finds the next subspace (docs/glram.rst, "Solvers"):
+  //  "rayleigh_ritz" (default): the best r-dim subspace of span[V, M V] for the GLRAM iteration
+  //    matrix M = Σ_i A_i V V^T A_i — a 2r×2r eigen-solve and products with the factors of A_i.
+  //    Same fixed points and monotone objective as "exact", a few times cheaper per step.
+  //  "exact": the full GLRAM iteration, V ← top-r eigenvectors of M (an m×m eigen-solve,
+  //    m = d, or k = rank + batch in projected_step).
+  // One output (n = 1) is always solved exactly (eigen-decomposition: the global optimum).
+  TORCH_ARG(std::string, solver) = "rayleigh_ritz";
 };
 
 struct GLRAMResult {
@@ -40,12 +49,16 @@ GLRAMResult glram(const at::Tensor& A, int64_t rank, const GLRAMOptions& options
 
 // One projected SGD step in the canonical space (docs/glram.rst): the GLRAM projection of
 //   A_i = W^T sym(S_i) W − lr · X^T diag(G[:, i]) X,
-// warm-started from `weight`, computed without forming any d×d matrix: a thin QR of
-// [W^T | X^T] (d × k, k = rank + batch) reduces it to GLRAM on k×k cores with the same answer.
-// The QR comes from the Cholesky factor of the k×k Gram matrix when that is accurate (Q stays
-// implicit), else from Householder QR (repeated or nearly collinear samples). When k ≥ d the
-// dense form is used. weight (r, d), S (n, r, r), X (B, d), G = ∂ℓ/∂y (B, n).
-// options.init must be unset (the warm start is `weight`).
+// warm-started from `weight`, computed without forming any d×d matrix.
+//  "rayleigh_ritz": A_i is applied through its factors (W, S, X, G), O(d·r·(r + B)) per
+//    iteration after one B×B Gram matrix of X (for Σ_i ||A_i||_F^2).
+//  "exact" (and n = 1): a thin QR of [W^T | X^T] (d × k, k = rank + batch) reduces the problem
+//    to GLRAM on k×k cores with the same answer; the QR comes from the Cholesky factor of the
+//    k×k Gram matrix when that is accurate (Q stays implicit), else from Householder QR
+//    (repeated or nearly collinear samples).
+// When k ≥ d the dense form is used. A weight of rank < r (e.g. zero) has no warm start: the
+// iteration starts from the classic start instead. weight (r, d), S (n, r, r), X (B, d),
+// G = ∂ℓ/∂y (B, n). options.init must be unset (the warm start is `weight`).
 GLRAMResult projected_step(const at::Tensor& weight, const at::Tensor& S, const at::Tensor& X,
                            const at::Tensor& G, double lr, const GLRAMOptions& options = {});
 

@@ -67,6 +67,7 @@ void GLRAMSGDOptions::serialize(torch::serialize::OutputArchive& archive) const 
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(weight_decay);
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(tol);
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(max_iter);
+  _TORCH_OPTIM_SERIALIZE_TORCH_ARG(solver);
 }
 
 void GLRAMSGDOptions::serialize(torch::serialize::InputArchive& archive) {
@@ -75,6 +76,8 @@ void GLRAMSGDOptions::serialize(torch::serialize::InputArchive& archive) {
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(double, weight_decay);
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(double, tol);
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(int64_t, max_iter);
+  c10::IValue solver_value;  // absent from archives written before the option existed
+  if (archive.try_read("solver", solver_value)) solver(solver_value.toStringRef());
 }
 
 void GLRAMSGDParamState::serialize(torch::serialize::OutputArchive& archive) const {
@@ -100,6 +103,8 @@ GLRAMSGD::GLRAMSGD(torch::nn::Module& model, std::vector<torch::optim::Optimizer
     TORCH_CHECK(options.momentum() >= 0, "GLRAMSGD: momentum must be >= 0, got ", options.momentum());
     TORCH_CHECK(options.weight_decay() >= 0, "GLRAMSGD: weight_decay must be >= 0, got ", options.weight_decay());
     TORCH_CHECK(options.max_iter() >= 0, "GLRAMSGD: max_iter must be >= 0, got ", options.max_iter());
+    TORCH_CHECK(options.solver() == "rayleigh_ritz" || options.solver() == "exact",
+                "GLRAMSGD: solver must be \"rayleigh_ritz\" or \"exact\", got \"", options.solver(), "\"");
     for (const auto& p : param_groups_[g].params()) group_of[p.unsafeGetTensorImpl()] = g;
   }
   for (const auto& module : model.modules(/*include_self=*/true)) {
@@ -138,7 +143,7 @@ torch::Tensor GLRAMSGD::step(LossClosure closure) {
   }
   for (auto& group : param_groups_) {
     const auto& options = static_cast<const GLRAMSGDOptions&>(group.options());
-    const auto glram_options = linalg::GLRAMOptions().tol(options.tol()).max_iter(options.max_iter());
+    const auto glram_options = linalg::GLRAMOptions().tol(options.tol()).max_iter(options.max_iter()).solver(options.solver());
     std::unordered_set<const void*> in_group;
     for (const auto& p : group.params()) in_group.insert(p.unsafeGetTensorImpl());
     for (auto& layer : layers_) {

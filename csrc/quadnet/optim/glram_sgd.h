@@ -6,6 +6,7 @@
 #include <torch/optim/optimizer.h>
 #include <torch/optim/serialize.h>
 
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -40,6 +41,7 @@ struct GLRAMSGDOptions : public torch::optim::OptimizerCloneableOptions<GLRAMSGD
   TORCH_ARG(double, weight_decay) = 0;  // all parameters (canonical for quadratic layers)
   TORCH_ARG(double, tol) = 1e-6;        // GLRAM stopping tolerance
   TORCH_ARG(int64_t, max_iter) = 100;   // GLRAM iterations per step
+  TORCH_ARG(std::string, solver) = "rayleigh_ritz";  // GLRAM solver (linalg::GLRAMOptions)
 
  public:
   void serialize(torch::serialize::InputArchive& archive) override;

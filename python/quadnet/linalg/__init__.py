@@ -14,6 +14,7 @@ __all__ = ["GLRAMResult", "glram", "projected_step"]
 #: Defaults shared with C++ ``quadnet::linalg::GLRAMOptions``.
 DEFAULT_TOL = 1e-6
 DEFAULT_MAX_ITER = 100
+DEFAULT_SOLVER = "rayleigh_ritz"
 
 
 class GLRAMResult(NamedTuple):
@@ -39,7 +40,7 @@ def _wrap(result) -> GLRAMResult:
 
 
 def glram(A: Tensor, rank: int, *, tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER,
-          init: Optional[Tensor] = None) -> GLRAMResult:
+          init: Optional[Tensor] = None, solver: str = DEFAULT_SOLVER) -> GLRAMResult:
     r"""Projects symmetric ``A (n, d, d)`` onto ``{W^T S_i W}``: minimises ``Σ_i ||A_i − W^T S_i W||_F^2``.
 
     One output (``n = 1``) is solved exactly (the ``rank`` eigenvectors with largest ``|λ|``).
@@ -52,19 +53,27 @@ def glram(A: Tensor, rank: int, *, tol: float = DEFAULT_TOL, max_iter: int = DEF
         max_iter: most iterations.
         init: ``(rank, d)`` warm start (e.g. the current weight); ``None`` for the classic start
             (top eigenvectors of ``Σ_i A_i A_i``).
+        solver: ``"rayleigh_ritz"`` (default): each iteration keeps the best ``rank``-dim
+            subspace of ``[V, M V]`` (a ``2·rank``-sized eigen-solve); ``"exact"``: the full
+            GLRAM iteration (a ``d×d`` eigen-solve). Same fixed points and monotone objective
+            (:doc:`/glram`, "Solvers"). One output is solved exactly either way.
     """
-    return _wrap(_C.linalg.glram(A, rank, tol, max_iter, init))
+    return _wrap(_C.linalg.glram(A, rank, tol, max_iter, init, solver))
 
 
 def projected_step(weight: Tensor, S: Tensor, X: Tensor, G: Tensor, lr: float, *,
-                   tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER) -> GLRAMResult:
+                   tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER,
+                   solver: str = DEFAULT_SOLVER) -> GLRAMResult:
     r"""Projected SGD step in the canonical space, without forming any ``d×d`` matrix.
 
     Returns the GLRAM projection of ``A_i = W^T sym(S_i) W − lr · X^T diag(G[:, i]) X``,
-    warm-started from ``weight``, computed on ``k×k`` cores (``k = rank + batch``) from a thin QR
-    of ``[W^T | X^T]``; dense when ``k ≥ d``.
+    warm-started from ``weight`` (the classic start if ``weight`` has rank ``< r``, e.g. zero).
+    ``solver="rayleigh_ritz"`` (default) applies ``A_i`` through its factors, ``O(d·r·(r + B))``
+    per iteration; ``solver="exact"`` runs the full GLRAM iteration on ``k×k`` cores
+    (``k = rank + batch``) from a thin QR of ``[W^T | X^T]``, as does one output with either
+    solver. Dense when ``k ≥ d``. ``tol`` and ``max_iter`` as in :func:`glram`.
 
     Shapes: ``weight (r, d)``, ``S (n, r, r)``, ``X (B, d)`` (the layer's inputs),
     ``G (B, n)`` (``∂ℓ/∂y``).
     """
-    return _wrap(_C.linalg.projected_step(weight, S, X, G, float(lr), tol, max_iter))
+    return _wrap(_C.linalg.projected_step(weight, S, X, G, float(lr), tol, max_iter, solver))

@@ -6,7 +6,7 @@ import torch.distributed as dist
 from torch.optim import Optimizer
 
 from .. import _C
-from ..linalg import DEFAULT_MAX_ITER, DEFAULT_TOL, GLRAMResult
+from ..linalg import DEFAULT_MAX_ITER, DEFAULT_SOLVER, DEFAULT_TOL, GLRAMResult
 from ..nn.quadratic import QuadraticLayer, quadratic_layer_of
 
 __all__ = ["GLRAMSGD"]
@@ -49,10 +49,13 @@ class GLRAMSGD(Optimizer):
         weight_decay: L2 penalty, on the canonical ``A_i`` for quadratic layers (default 0).
         tol: GLRAM stopping tolerance (default 1e-6).
         max_iter: GLRAM iterations per step at most (default 100).
+        solver: GLRAM solver, ``"rayleigh_ritz"`` (default) or ``"exact"``
+            (:func:`quadnet.linalg.glram`).
     """
 
     def __init__(self, params: Union[torch.nn.Module, Iterable], lr: float, *, momentum: float = 0.0,
-                 weight_decay: float = 0.0, tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER):
+                 weight_decay: float = 0.0, tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER,
+                 solver: str = DEFAULT_SOLVER):
         if lr < 0:
             raise ValueError(f"GLRAMSGD: lr must be >= 0, got {lr}")
         if momentum < 0:
@@ -61,11 +64,13 @@ class GLRAMSGD(Optimizer):
             raise ValueError(f"GLRAMSGD: weight_decay must be >= 0, got {weight_decay}")
         if max_iter < 0:
             raise ValueError(f"GLRAMSGD: max_iter must be >= 0, got {max_iter}")
+        if solver not in ("rayleigh_ritz", "exact"):
+            raise ValueError(f'GLRAMSGD: solver must be "rayleigh_ritz" or "exact", got "{solver}"')
         layers = []
         if isinstance(params, torch.nn.Module):
             layers = [m for m in params.modules() if isinstance(m, QuadraticLayer)]
             params = params.parameters()
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, tol=tol, max_iter=max_iter)
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, tol=tol, max_iter=max_iter, solver=solver)
         super().__init__(params, defaults)
         if not layers:  # plain parameters: find the layers they belong to (weight or S)
             found = (quadratic_layer_of(p) for g in self.param_groups for p in g["params"])
@@ -97,7 +102,8 @@ class GLRAMSGD(Optimizer):
                 if X is None:
                     continue
                 result = _C.optim.quadratic_layer_step(layer.weight, layer.S, X, G, group["lr"],
-                                                       group["weight_decay"], group["tol"], group["max_iter"])
+                                                       group["weight_decay"], group["tol"], group["max_iter"],
+                                                       group.get("solver", DEFAULT_SOLVER))
                 commits += [(layer.weight, result.weight), (layer.S, result.S)]
                 projections.append(GLRAMResult(result.weight, result.S, result.objective,
                                                result.iterations, result.converged))
