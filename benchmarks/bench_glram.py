@@ -134,9 +134,7 @@ def optimizer_steps(steps=60, warmup=10):
             if label == "SGD":
                 opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
             elif name.startswith("demo"):
-                opt = demo.glram_sgd(model, lr)
-                for group in opt.param_groups:
-                    group["solver"] = label.split()[1]
+                opt = demo.glram_sgd(model, lr, solver=label.split()[1])
             else:
                 opt = quadnet.optim.GLRAMSGD(model, lr=lr, solver=label.split()[1])
             times = []

@@ -52,6 +52,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
             py::arg("weight"), py::arg("S"), py::arg("X"), py::arg("G"), py::arg("lr"),
             py::arg("weight_decay"), py::arg("tol"), py::arg("max_iter"), py::arg("solver"),
             py::call_guard<py::gil_scoped_release>());
+  optim.def("captured_gradient_scale", &quadnet::optim::captured_gradient_scale, py::arg("weight"), py::arg("S"),
+            py::arg("X"), py::arg("G"), py::arg("weight_grad"), py::arg("S_grad"),
+            py::call_guard<py::gil_scoped_release>());
   optim.def("sgd_update",
             [](const torch::Tensor& param, const torch::Tensor& grad,
                c10::optional<torch::Tensor> momentum_buffer, double lr, double momentum,

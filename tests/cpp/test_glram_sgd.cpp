@@ -144,4 +144,58 @@ TEST(GLRAMSGD, ParamGroupsGiveProjectedLayersTheirOwnOptions) {
   }
 }
 
+// clip_grad_norm_ scales every .grad by c: the projected step uses c·G. Any other edit of .grad
+// throws and leaves parameters and captures as they were.
+TEST(GLRAMSGD, EditedGradientsScaleTheStepOrThrow) {
+  torch::manual_seed(7);
+  QuadraticLayer layer(quadnet::nn::QuadraticLayerOptions(12, 3, 2).bias(false));
+  layer->to(torch::kFloat64);
+  auto W0 = layer->weight.detach().clone(), S0 = layer->S.detach().clone();
+  auto x = torch::randn({6, 12}, torch::kFloat64), target = torch::randn({6, 3}, torch::kFloat64);
+  GLRAMSGD opt(*layer, GLRAMSGDOptions(0.05));
+  opt.zero_grad();
+  (0.5 * (layer->forward(x) - target).square().sum()).backward();
+  const double norm = torch::nn::utils::clip_grad_norm_(layer->parameters(), 1e-3);
+  opt.step();
+  auto G = (quadnet::quadratic_form(x, W0, S0) - target) * (1e-3 / (norm + 1e-6));
+  auto expected = quadnet::linalg::projected_step(W0, S0, x, G, 0.05);
+  EXPECT_TRUE(torch::allclose(layer->canonical(), quadnet::canonical_form(expected.weight, expected.S), 0, 1e-9));
+
+  opt.zero_grad();
+  (0.5 * (layer->forward(x) - target).square().sum()).backward();
+  torch::nn::utils::clip_grad_value_(layer->parameters(), 1e-3);
+  auto before = layer->canonical().detach().clone();
+  try {
+    opt.step();
+    FAIL() << "expected an error";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("are not a multiple of those its captured batch implies"), std::string::npos);
+  }
+  EXPECT_TRUE(torch::equal(layer->canonical(), before));
+  EXPECT_TRUE(layer->captured().first.defined());
+}
+
+// Forwards without a backward record nothing; zero_grad forgets recorded batches; a destroyed
+// optimizer releases its use of the captures, and the layer stops when none is left.
+TEST(GLRAMSGD, CaptureIsBoundedAndEndsWithItsOptimizers) {
+  torch::manual_seed(8);
+  QuadraticLayer layer(6, 3, 2);
+  auto x = torch::randn({4, 6});
+  auto first = std::make_unique<GLRAMSGD>(*layer, GLRAMSGDOptions(0.01));
+  {
+    GLRAMSGD second(*layer, GLRAMSGDOptions(0.01));
+    for (int i = 0; i < 20; ++i) layer->forward(x).sum();  // graphs freed at once
+    EXPECT_FALSE(layer->captured().first.defined());
+    layer->forward(x).sum().backward();
+    EXPECT_EQ(layer->captured().first.size(0), 4);
+    second.zero_grad();
+    EXPECT_FALSE(layer->captured().first.defined());
+  }
+  EXPECT_TRUE(layer->capture());  // `first` still uses it
+  first.reset();
+  EXPECT_FALSE(layer->capture());
+  layer->forward(x).sum().backward();
+  EXPECT_FALSE(layer->captured().first.defined());
+}
+
 }  // namespace

@@ -256,3 +256,136 @@ def test_unknown_solver_is_rejected():
     layer = QuadraticLayer(6, 2, rank=2)
     with pytest.raises(ValueError, match=r'GLRAMSGD: solver must be "rayleigh_ritz" or "exact", got "eigh"'):
         GLRAMSGD(layer, lr=0.1, solver="eigh")
+
+
+# ---- everyday PyTorch idioms (docs/glram.rst, "Edited gradients" and "Capture") ----
+
+def _layer_and_batch(seed=0, d=12, n=3, r=2, B=6):
+    torch.manual_seed(seed)
+    layer = QuadraticLayer(d, n, rank=r, bias=False).double()
+    x = torch.randn(B, d, dtype=torch.float64)
+    target = torch.randn(B, n, dtype=torch.float64)
+    return layer, x, target
+
+
+def _loss(layer, x, target):
+    return 0.5 * ((layer(x) - target) ** 2).sum()
+
+
+def _reference_step(W0, S0, x, G, lr):
+    from quadnet.linalg import projected_step
+    return projected_step(W0, S0, x, G, lr)
+
+
+def test_gradient_clipping_scales_the_projected_step():
+    """clip_grad_norm_ scales every .grad by c; the projected step must use c·G (before the fix
+    it ignored the clipping: W moved as far as without it)."""
+    layer, x, target = _layer_and_batch()
+    W0, S0 = layer.weight.detach().clone(), layer.S.detach().clone()
+    opt = GLRAMSGD(layer, lr=0.05)
+    opt.zero_grad()
+    _loss(layer, x, target).backward()
+    norm = float(torch.nn.utils.clip_grad_norm_(layer.parameters(), max_norm=1e-3))
+    opt.step()
+    G = quadratic_form(x, W0, S0) - target
+    clipped = _reference_step(W0, S0, x, G * (1e-3 / (norm + 1e-6)), 0.05)
+    unclipped = _reference_step(W0, S0, x, G, 0.05)
+    torch.testing.assert_close(layer.canonical(), canonical_form(clipped.weight, clipped.S), rtol=0, atol=1e-9)
+    assert not torch.allclose(layer.canonical(), canonical_form(unclipped.weight, unclipped.S), atol=1e-6)
+
+
+def test_grad_scaler_scaled_unscaled_and_skipped_steps_match_plain_steps():
+    """GradScaler scales the loss (so the captured G too), unscales .grad before step, and skips
+    steps with overflow; a run through it must equal the plain run that never saw the bad batch."""
+    layer, x, target = _layer_and_batch(1)
+    plain = copy.deepcopy(layer)
+    opt_plain = GLRAMSGD(plain, lr=0.05)
+    for _ in range(2):
+        opt_plain.zero_grad()
+        _loss(plain, x, target).backward()
+        opt_plain.step()
+
+    opt = GLRAMSGD(layer, lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    for bad in (False, True, False):
+        opt.zero_grad()
+        loss = _loss(layer, x, target) * (float("inf") if bad else 1.0)
+        scaler.scale(loss).backward()
+        scaler.step(opt)  # skipped when the gradients overflow
+        scaler.update()
+    assert scaler.get_scale() == 512.0  # one overflow halved the scale
+    torch.testing.assert_close(layer.canonical(), plain.canonical(), rtol=0, atol=1e-9)
+
+
+def test_an_edit_that_is_not_a_scaling_raises_and_changes_nothing():
+    layer, x, target = _layer_and_batch(2)
+    opt = GLRAMSGD(layer, lr=0.05)
+    opt.zero_grad()
+    _loss(layer, x, target).backward()
+    torch.nn.utils.clip_grad_value_(layer.parameters(), clip_value=1e-3)
+    before = [p.detach().clone() for p in layer.parameters()]
+    with pytest.raises(RuntimeError, match=r"GLRAMSGD: the gradients of a QuadraticLayer's weight and S are not "
+                                           r"a multiple of those its captured batch implies"):
+        opt.step()
+    assert all(torch.equal(p, b) for p, b in zip(layer.parameters(), before))
+    assert layer.captured()[0] is not None  # the batch is still there for a corrected step
+
+
+def test_gradients_zeroed_behind_the_optimizers_back_raise():
+    """model.zero_grad() clears .grad but not the optimizer's captured batch: the next step
+    would mix batches, so it raises instead."""
+    layer, x, target = _layer_and_batch(3)
+    opt = GLRAMSGD(layer, lr=0.05)
+    _loss(layer, x, target).backward()
+    layer.zero_grad()
+    _loss(layer, torch.randn_like(x), target).backward()
+    with pytest.raises(RuntimeError, match="not a multiple"):
+        opt.step()
+
+
+def test_forwards_without_backward_keep_nothing():
+    """A validation loop without no_grad: 50 forwards with grad enabled record nothing, and the
+    step after one forward+backward uses that batch alone."""
+    layer, x, target = _layer_and_batch(4)
+    W0, S0 = layer.weight.detach().clone(), layer.S.detach().clone()
+    opt = GLRAMSGD(layer, lr=0.05)
+    for _ in range(50):
+        layer(torch.randn_like(x)).sum()
+    assert layer.captured() == (None, None) and layer._captured == []
+    opt.zero_grad()
+    _loss(layer, x, target).backward()
+    X, _ = layer.captured()
+    assert X.shape == x.shape
+    opt.step()
+    expected = _reference_step(W0, S0, x, quadratic_form(x, W0, S0) - target, 0.05)
+    torch.testing.assert_close(layer.canonical(), canonical_form(expected.weight, expected.S), rtol=0, atol=1e-9)
+
+
+def test_forward_then_zero_grad_then_backward_still_projects():
+    layer, x, target = _layer_and_batch(5)
+    W0, S0 = layer.weight.detach().clone(), layer.S.detach().clone()
+    opt = GLRAMSGD(layer, lr=0.05)
+    loss = _loss(layer, x, target)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    expected = _reference_step(W0, S0, x, quadratic_form(x, W0, S0) - target, 0.05)
+    torch.testing.assert_close(layer.canonical(), canonical_form(expected.weight, expected.S), rtol=0, atol=1e-9)
+
+
+def test_an_optimizer_that_is_gone_stops_capturing_and_copies_do_not_capture():
+    import gc
+    layer, x, target = _layer_and_batch(6)
+    first, second = GLRAMSGD(layer, lr=0.05), GLRAMSGD(layer, lr=0.05)
+    twin = copy.deepcopy(layer)
+    _loss(twin, x, target).backward()
+    assert twin.captured() == (None, None)  # the copy has no optimizer of its own
+    del first
+    gc.collect()
+    _loss(layer, x, target).backward()
+    assert layer.captured()[0] is not None  # the second optimizer still uses the captures
+    second.zero_grad()
+    del second
+    gc.collect()
+    _loss(layer, x, target).backward()
+    assert layer.captured() == (None, None) and layer._capture_users == 0

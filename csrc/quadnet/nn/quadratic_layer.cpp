@@ -1,5 +1,7 @@
 #include "quadratic_layer.h"
 
+#include <algorithm>
+
 #include <torch/nn/init.h>
 #include <torch/types.h>
 
@@ -65,6 +67,7 @@ void QuadraticLayerImpl::reset() {
   weight = register_parameter("weight", torch::empty({options.rank(), options.in_features()}));
   S = register_parameter("S", torch::empty({options.out_features(), options.rank(), options.rank()}));
   bias = register_bias(*this, options.bias(), options.out_features());
+  capture_ = std::make_shared<CaptureSink>();  // a clone() must not share the original's captures
   reset_parameters();
 }
 
@@ -77,28 +80,29 @@ void QuadraticLayerImpl::pretty_print(std::ostream& stream) const {
 
 torch::Tensor QuadraticLayerImpl::forward(const torch::Tensor& x) {
   auto y = quadratic_form(x, weight, S);
-  if (capture_ && is_training() && y.requires_grad()) {
-    auto slot = std::make_shared<torch::Tensor>();
-    y.register_hook([slot](const torch::Tensor& grad) { *slot = slot->defined() ? *slot + grad : grad; });
-    captures_.push_back({x.detach().reshape({-1, x.size(-1)}), slot});
+  if (capture_->users > 0 && is_training() && y.requires_grad()) {
+    std::weak_ptr<CaptureSink> sink = capture_;
+    const auto out = options.out_features();
+    y.register_hook([sink, out, flat = x.detach().reshape({-1, x.size(-1)})](const torch::Tensor& grad) {
+      auto target = sink.lock();
+      if (target && target->users > 0) target->pairs.emplace_back(flat, grad.reshape({-1, out}));
+    });
   }
   return add_bias(y, bias);
 }
 
 void QuadraticLayerImpl::set_capture(bool enabled) {
-  capture_ = enabled;
-  if (!enabled) captures_.clear();
+  capture_->users = enabled ? capture_->users + 1 : std::max<int64_t>(0, capture_->users - 1);
+  if (capture_->users == 0) capture_->pairs.clear();
 }
 
-std::pair<torch::Tensor, torch::Tensor> QuadraticLayerImpl::take_captured() {
+std::pair<torch::Tensor, torch::Tensor> QuadraticLayerImpl::captured() const {
+  if (capture_->pairs.empty()) return {};
   std::vector<torch::Tensor> xs, gs;
-  for (const auto& c : captures_) {
-    if (!c.grad->defined()) continue;  // this forward's output never got a gradient
-    xs.push_back(c.x);
-    gs.push_back(c.grad->reshape({-1, options.out_features()}));
+  for (const auto& pair : capture_->pairs) {
+    xs.push_back(pair.first);
+    gs.push_back(pair.second);
   }
-  captures_.clear();
-  if (xs.empty()) return {};
   return {torch::cat(xs), torch::cat(gs)};
 }
 

@@ -43,24 +43,30 @@ class QuadraticLayerImpl : public torch::nn::Cloneable<QuadraticLayerImpl> {
   int64_t num_parameters() const;
 
   // Projection optimizers (quadnet::optim::GLRAMSGD) need each training forward's input X
-  // and the gradient G = ∂ℓ/∂y that reaches its output. When capture is on, forward records
-  // both (X when it runs, G when backward reaches it); take_captured() returns the pairs whose
-  // G arrived, flattened to X (B, in_features), G (B, out_features), and forgets all of them.
-  // Undefined tensors when none arrived.
+  // and the gradient G = ∂ℓ/∂y that reaches its output. When capture is on, forward hooks
+  // its output; X is held by that hook only, so it lives exactly as long as the autograd graph
+  // (a forward that never gets a backward keeps nothing once its graph is freed). When backward
+  // reaches the output, the pair (X, G) is recorded. captured() returns the recorded pairs,
+  // concatenated to X (B, in_features), G (B, out_features) (undefined tensors when there are
+  // none); drop_captured() forgets them (after a step, or an optimizer's zero_grad: their
+  // gradients were zeroed). set_capture(true) registers a user of the captures (an optimizer),
+  // set_capture(false) releases one; capture is on while any remains, and releasing the last
+  // forgets the recorded pairs.
   void set_capture(bool enabled);
-  bool capture() const { return capture_; }
-  std::pair<torch::Tensor, torch::Tensor> take_captured();
+  bool capture() const { return capture_->users > 0; }
+  std::pair<torch::Tensor, torch::Tensor> captured() const;
+  void drop_captured() { capture_->pairs.clear(); }
 
   QuadraticLayerOptions options;
   torch::Tensor weight, S, bias;
 
  private:
-  struct Capture {
-    torch::Tensor x;
-    std::shared_ptr<torch::Tensor> grad;
+  // Shared with the hooks through weak pointers: a hook that outlives the layer records nothing.
+  struct CaptureSink {
+    int64_t users = 0;
+    std::vector<std::pair<torch::Tensor, torch::Tensor>> pairs;  // (X, G) per backward
   };
-  bool capture_ = false;
-  std::vector<Capture> captures_;
+  std::shared_ptr<CaptureSink> capture_ = std::make_shared<CaptureSink>();
 };
 TORCH_MODULE(QuadraticLayer);
 

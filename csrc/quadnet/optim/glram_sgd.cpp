@@ -2,9 +2,13 @@
 
 #include <torch/serialize/archive.h>
 
-#include "detail.h"
 #include <torch/types.h>
 
+#include "../utils/symmetric.h"
+#include "detail.h"
+
+#include <algorithm>
+#include <cmath>
 #include <sstream>
 #include <string>
 #include <type_traits>
@@ -43,6 +47,44 @@ linalg::GLRAMResult quadratic_layer_step(const torch::Tensor& weight, const torc
   check_finite("weight", result.weight);
   check_finite("S", result.S);
   return result;
+}
+
+double captured_gradient_scale(const torch::Tensor& weight, const torch::Tensor& S, const torch::Tensor& X,
+                               const torch::Tensor& G, const torch::Tensor& weight_grad, const torch::Tensor& S_grad) {
+  TORCH_CHECK(weight_grad.defined() && S_grad.defined(),
+              "GLRAMSGD: a QuadraticLayer with a captured batch has a gradient for only one of weight and S "
+              "(freeze both or neither)");
+  const auto B = X.size(0), n = S.size(0), r = S.size(1);
+  auto H = at::mm(X, weight.t());                                     // B × r
+  auto E = (G.unsqueeze(2) * H.unsqueeze(1)).reshape({B, n * r});     // [diag(g_i) H]_i
+  auto implied_S = at::mm(E.t(), H).view({n, r, r});                  // H^T diag(g_i) H
+  auto symS = utils::symmetric_part(S).permute({1, 0, 2}).reshape({r, n * r});
+  auto implied_W = at::mm(at::mm(symS, E.t()), X) * 2;               // 2 Σ_i sym(S_i) H^T diag(g_i) X
+  auto dot = [](const torch::Tensor& a, const torch::Tensor& b) {
+    return at::dot(a.reshape(-1).to(at::kDouble), b.reshape(-1).to(at::kDouble)).item<double>();
+  };
+  const double ii = dot(implied_W, implied_W) + dot(implied_S, implied_S);
+  const double aa = dot(weight_grad, weight_grad) + dot(S_grad, S_grad);
+  const double ai = dot(weight_grad, implied_W) + dot(S_grad, implied_S);
+  TORCH_CHECK(std::isfinite(ii) && std::isfinite(aa) && std::isfinite(ai),
+              "GLRAMSGD: a QuadraticLayer's gradients or its captured output gradient contain NaN or Inf");
+  const double rtol = weight.scalar_type() == at::kDouble ? 1e-8 : 1e-3;
+  if (ii == 0) {
+    TORCH_CHECK(aa == 0, "GLRAMSGD: the captured batch implies a zero gradient for a QuadraticLayer, but its "
+                "weight/S gradients are not zero (an edit of .grad, or gradients not from the captured batches)");
+    return 1.0;
+  }
+  const double c = ai / ii;
+  // ||actual − c·implied||², from the difference itself (expanding it would cancel to sqrt(eps))
+  auto off_W = weight_grad - implied_W * c, off_S = S_grad - implied_S * c;
+  const double residual = dot(off_W, off_W) + dot(off_S, off_S);
+  TORCH_CHECK(residual <= rtol * rtol * std::max(aa, c * c * ii),
+              "GLRAMSGD: the gradients of a QuadraticLayer's weight and S are not a multiple of those its captured "
+              "batch implies (relative mismatch ", std::sqrt(residual / std::max(aa, 1e-300)), " > ", rtol,
+              "). GLRAMSGD steps the layer from the captured batch, so it follows a uniform scaling of .grad "
+              "(gradient clipping by norm, GradScaler) but no other edit (clip_grad_value_, a penalty added "
+              "to .grad, or gradients zeroed without the optimizer's zero_grad)");
+  return c;
 }
 
 std::pair<torch::Tensor, torch::Tensor> sgd_update(const torch::Tensor& param, const torch::Tensor& grad,
@@ -136,6 +178,7 @@ torch::Tensor GLRAMSGD::step(LossClosure closure) {
   std::vector<std::pair<torch::Tensor, torch::Tensor>> commits;  // (parameter, new value)
   std::vector<std::pair<torch::Tensor, torch::Tensor>> buffers;  // (parameter, new momentum)
   std::vector<linalg::GLRAMResult> projections;
+  std::vector<std::shared_ptr<nn::QuadraticLayerImpl>> consumed;  // captures to drop on commit
   std::unordered_set<const void*> projected;
   for (auto& layer : layers_) {
     projected.insert(layer->weight.unsafeGetTensorImpl());
@@ -148,9 +191,15 @@ torch::Tensor GLRAMSGD::step(LossClosure closure) {
     for (const auto& p : group.params()) in_group.insert(p.unsafeGetTensorImpl());
     for (auto& layer : layers_) {
       if (!in_group.count(layer->weight.unsafeGetTensorImpl())) continue;
-      auto captured = layer->take_captured();
+      auto captured = layer->captured();
       if (!captured.first.defined()) continue;  // not in the graph this step
-      auto result = quadratic_layer_step(layer->weight, layer->S, captured.first, captured.second,
+      consumed.push_back(layer);
+      const auto &weight_grad = layer->weight.grad(), &S_grad = layer->S.grad();
+      if (!weight_grad.defined() && !S_grad.defined()) continue;  // no gradient: no step, as for SGD
+      const double scale = captured_gradient_scale(layer->weight, layer->S, captured.first, captured.second,
+                                                   weight_grad, S_grad);
+      auto G = scale == 1.0 ? captured.second : captured.second * scale;
+      auto result = quadratic_layer_step(layer->weight, layer->S, captured.first, G,
                                          options.lr(), options.weight_decay(), glram_options);
       commits.emplace_back(layer->weight, result.weight);
       commits.emplace_back(layer->S, result.S);
@@ -167,6 +216,7 @@ torch::Tensor GLRAMSGD::step(LossClosure closure) {
     }
   }
   for (auto& commit : commits) commit.first.copy_(commit.second);
+  for (auto& layer : consumed) layer->drop_captured();
   for (auto& entry : buffers) {
     auto state = std::make_unique<GLRAMSGDParamState>();
     state->momentum_buffer(entry.second);
@@ -174,6 +224,11 @@ torch::Tensor GLRAMSGD::step(LossClosure closure) {
   }
   last_projections_ = std::move(projections);
   return loss;
+}
+
+void GLRAMSGD::zero_grad(bool set_to_none) {
+  Optimizer::zero_grad(set_to_none);
+  for (auto& layer : layers_) layer->drop_captured();
 }
 
 void GLRAMSGD::save(torch::serialize::OutputArchive& archive) const {

@@ -26,6 +26,18 @@ linalg::GLRAMResult quadratic_layer_step(const torch::Tensor& weight, const torc
                                          const torch::Tensor& X, const torch::Tensor& G, double lr,
                                          double weight_decay, const linalg::GLRAMOptions& options);
 
+// How the gradients the user left in weight.grad and S.grad relate to the captured batch
+// (docs/glram.rst, "Edited gradients"). The batch implies ∂ℓ/∂S_i = H^T diag(G[:, i]) H and
+// ∂ℓ/∂W = 2 Σ_i sym(S_i) H^T diag(G[:, i]) X with H = X W^T. Returns c such that the actual
+// gradients are c times those (1 when unedited; the clipping factor after clip_grad_norm_;
+// 1/scale after GradScaler's unscale_), to relative accuracy 1e-3 (float32/16) or 1e-8
+// (float64); the projected step then uses c·G. Throws when they are not such a multiple — an
+// edit other than a uniform scaling (clip_grad_value_, a penalty on the layer's parameters,
+// gradients zeroed or accumulated without the optimizer seeing the batches) — naming the
+// mismatch. weight_grad and S_grad must both be defined.
+double captured_gradient_scale(const torch::Tensor& weight, const torch::Tensor& S, const torch::Tensor& X,
+                               const torch::Tensor& G, const torch::Tensor& weight_grad, const torch::Tensor& S_grad);
+
 // torch.optim.SGD's rule (dampening 0, no Nesterov): returns (new param, new momentum buffer;
 // undefined when momentum is 0). Pure. Throws if the new param is not finite.
 std::pair<torch::Tensor, torch::Tensor> sgd_update(const torch::Tensor& param, const torch::Tensor& grad,
@@ -58,10 +70,13 @@ struct GLRAMSGDParamState : public torch::optim::OptimizerCloneableParamState<GL
   void serialize(torch::serialize::OutputArchive& archive) const override;
 };
 
-// Optimizes every parameter of `model` (or the given param groups). Each QuadraticLayer in it is projected: the optimizer
-// turns its capture on, and step() consumes the (X, G) recorded by forward/backward; a layer
-// whose output got no gradient is left untouched. All other parameters get SGD. A step that
-// would produce NaN/Inf throws and leaves every parameter and state tensor as it was.
+// Optimizes every parameter of `model` (or the given param groups). Each QuadraticLayer in it
+// is projected: the optimizer registers as a user of its capture (released by the
+// destructor), and step() consumes the (X, G) recorded by forward/backward, scaled as the
+// layer's gradients were edited (captured_gradient_scale); a layer whose output got no
+// gradient, or whose parameters have no .grad, is left untouched. All other parameters get
+// SGD. A step that throws (non-finite result, gradients that do not match the captures)
+// leaves every parameter, state tensor and capture as it was.
 class GLRAMSGD : public torch::optim::Optimizer {
  public:
   GLRAMSGD(torch::nn::Module& model, GLRAMSGDOptions defaults);
@@ -73,6 +88,11 @@ class GLRAMSGD : public torch::optim::Optimizer {
   ~GLRAMSGD() override;
 
   torch::Tensor step(LossClosure closure = nullptr) override;
+  // Optimizer::zero_grad, and forgets the captured batches, whose gradients are gone (so a
+  // step skipped after a backward, as GradScaler does on overflow, does not leak its batch
+  // into the next one). Optimizer::zero_grad is not virtual: called through a base reference
+  // the captures stay, and the next step throws on the mismatch.
+  void zero_grad(bool set_to_none = true);
   void save(torch::serialize::OutputArchive& archive) const override;
   void load(torch::serialize::InputArchive& archive) override;
 

@@ -70,8 +70,7 @@ class QuadraticLayer(torch.nn.Module):
             self.bias = torch.nn.Parameter(torch.empty(out_features, **factory))
         else:
             self.register_parameter("bias", None)
-        self._capture = False
-        self._captures: List[Tuple[Tensor, List[Tensor]]] = []
+        self._reset_capture()
         self.reset_parameters()
 
     # The registry follows weight and S wherever a new Parameter object takes their place:
@@ -88,6 +87,7 @@ class QuadraticLayer(torch.nn.Module):
         super().__setstate__(state)
         _LAYER_OF_PARAM[id(self.weight)] = self
         _LAYER_OF_PARAM[id(self.S)] = self
+        self._reset_capture()  # a copy has no optimizer yet: it must not capture for the original's
 
     def reset_parameters(self) -> None:
         """The C++ modules' initialisation (``quadnet::nn::init::quadratic_layer_``)."""
@@ -96,7 +96,7 @@ class QuadraticLayer(torch.nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         y = torch.ops.quadnet.quadratic_form(x, self.weight, self.S)
         if not torch.jit.is_scripting():
-            if self._capture and self.training and y.requires_grad:
+            if self._capture_users > 0 and self.training and y.requires_grad:
                 self._record(x, y)
         bias = self.bias  # a local, so TorchScript can refine Optional[Tensor]
         if bias is not None:
@@ -106,32 +106,46 @@ class QuadraticLayer(torch.nn.Module):
     # -- capture of (X, ∂ℓ/∂y) for projection optimizers (as QuadraticLayerImpl in C++) --
 
     @torch.jit.unused
+    def _reset_capture(self) -> None:
+        self._capture_users = 0
+        self._captured: List[Tuple[Tensor, Tensor]] = []
+
+    @torch.jit.unused
     def set_capture(self, enabled: bool) -> None:
-        """Record each training forward's input and output gradient (used by ``GLRAMSGD``)."""
-        self._capture = enabled
-        if not enabled:
-            self._captures = []
+        """Registers (``True``) or releases (``False``) a user of the captures, e.g. a
+        ``GLRAMSGD``: while any remains, each training forward's input and output gradient are
+        recorded. Releasing the last one forgets what was recorded."""
+        self._capture_users = self._capture_users + 1 if enabled else max(0, self._capture_users - 1)
+        if self._capture_users == 0:
+            self._captured = []
 
     @torch.jit.unused
     def _record(self, x: Tensor, y: Tensor) -> None:
-        slot: List[Tensor] = []
+        # X is held by the hook alone, so it lives as long as y's autograd graph: a forward that
+        # never gets a backward (a validation pass with grad enabled) keeps nothing once its
+        # graph is freed. The hook reaches the layer through a weak reference.
+        layer = weakref.ref(self)
+        x = x.detach().reshape(-1, self.in_features)
+        out_features = self.out_features
 
-        def keep(grad):
-            if slot:
-                slot[0] = slot[0] + grad
-            else:
-                slot.append(grad)
-        y.register_hook(keep)
-        self._captures.append((x.detach().reshape(-1, self.in_features), slot))
+        def record(grad: Tensor) -> None:
+            owner = layer()
+            if owner is not None and owner._capture_users > 0:
+                owner._captured.append((x, grad.reshape(-1, out_features)))
+        y.register_hook(record)
 
     @torch.jit.unused
-    def take_captured(self) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-        """``(X (B, in), G (B, out))`` of the forwards whose output got a gradient; forgets all."""
-        pairs = [(x, slot[0].reshape(-1, self.out_features)) for x, slot in self._captures if slot]
-        self._captures = []
-        if not pairs:
+    def captured(self) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+        """``(X (B, in), G (B, out))`` of every backward since the last :meth:`drop_captured`
+        (concatenated; ``(None, None)`` if none)."""
+        if not self._captured:
             return None, None
-        return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+        return torch.cat([x for x, _ in self._captured]), torch.cat([g for _, g in self._captured])
+
+    @torch.jit.unused
+    def drop_captured(self) -> None:
+        """Forgets the recorded batches (after a step, or when their gradients are zeroed)."""
+        self._captured = []
 
     def canonical(self) -> Tensor:
         """Canonical matrices ``A_i = W^T sym(S_i) W``, shape ``(out_features, in_features, in_features)``."""

@@ -1,4 +1,5 @@
 """GLRAMSGD: projected SGD of quadratic layers in their canonical space (docs/glram.rst)."""
+import weakref
 from typing import Callable, Iterable, Optional, Union
 
 import torch
@@ -21,12 +22,21 @@ class GLRAMSGD(Optimizer):
         A_i ← (1 − lr·weight_decay) W^T S_i W − lr · X^T diag(G[:, i]) X,   (W, S) ← GLRAM(A, rank)
 
     computed without any ``d×d`` matrix (:func:`quadnet.linalg.projected_step`). ``X`` (the
-    layer's batch input) and ``G = ∂ℓ/∂y`` are recorded by the layer during forward/backward,
-    so the usual loop works unchanged: ``opt.zero_grad(); loss.backward(); opt.step()``. A layer
-    whose output got no gradient since the last step is left untouched. All other parameters
-    get SGD with the group's ``momentum`` and ``weight_decay`` (their canonical space is
-    themselves); momentum does not apply to the projected layers (a canonical momentum would
-    need ``n·d²`` state).
+    layer's batch input) and ``G = ∂ℓ/∂y`` are recorded by the layer during forward/backward
+    while the optimizer exists, so the usual loop works unchanged:
+    ``opt.zero_grad(); loss.backward(); opt.step()``. A layer whose output got no gradient
+    since the last step (or whose parameters have no ``.grad``) is left untouched. All other
+    parameters get SGD with the group's ``momentum`` and ``weight_decay`` (their canonical
+    space is themselves); momentum does not apply to the projected layers (a canonical
+    momentum would need ``n·d²`` state).
+
+    Edited gradients: the step follows a uniform scaling of a layer's ``.grad`` — gradient
+    clipping by norm, ``torch.amp.GradScaler`` (scaled losses, ``unscale_``, skipped steps) — by
+    scaling ``G`` by the same factor, and raises ``RuntimeError`` for any other edit
+    (``clip_grad_value_``, a penalty added to ``.grad``), which it cannot express in the
+    canonical space (:doc:`/glram`, "Edited gradients"). The optimizer's ``zero_grad`` forgets the
+    recorded batches along with the gradients; zeroing with ``model.zero_grad()`` instead
+    leaves them, and the next step raises on the mismatch.
 
     Under ``torch.distributed`` (e.g. DDP) every rank projects the canonical gradient of the
     *global* batch: ``X`` and ``G`` are all-gathered, and ``G`` is divided by the world size to
@@ -79,8 +89,17 @@ class GLRAMSGD(Optimizer):
         _check_layers_in_groups(layers, self.param_groups)
         for layer in layers:
             layer.set_capture(True)
+        # When the optimizer is gone its layers stop capturing (other optimizers' uses remain).
+        weakref.finalize(self, _release_capture, [weakref.ref(layer) for layer in layers])
         #: GLRAM results of the last step, one per projected layer (objective, iterations).
         self.last_projections: list = []
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """``Optimizer.zero_grad``, and forgets the layers' recorded batches (their gradients
+        are gone; e.g. a step skipped by ``GradScaler`` must not leak its batch into the next)."""
+        super().zero_grad(set_to_none)
+        for layer in self._layers:
+            layer.drop_captured()
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], torch.Tensor]] = None):
@@ -88,7 +107,7 @@ class GLRAMSGD(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        commits, buffers, projections = [], [], []
+        commits, buffers, projections, consumed = [], [], [], []
         projected = {id(p) for layer in self._layers for p in (layer.weight, layer.S)}
         # Checked for every group before any capture is consumed: a refused step changes nothing.
         groups_ids = _check_layers_in_groups(self._layers, self.param_groups)
@@ -96,11 +115,17 @@ class GLRAMSGD(Optimizer):
             for layer in self._layers:
                 if id(layer.weight) not in in_group:
                     continue
-                X, G = layer.take_captured()
+                X, G = layer.captured()
                 if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
                     X, G = _all_gather_batch(layer, X, G)
                 if X is None:
                     continue
+                consumed.append(layer)
+                if layer.weight.grad is None and layer.S.grad is None:
+                    continue  # no gradient: no step, as for SGD
+                scale = _C.optim.captured_gradient_scale(layer.weight, layer.S, X, G, layer.weight.grad, layer.S.grad)
+                if scale != 1.0:
+                    G = G * scale
                 result = _C.optim.quadratic_layer_step(layer.weight, layer.S, X, G, group["lr"],
                                                        group["weight_decay"], group["tol"], group["max_iter"],
                                                        group.get("solver", DEFAULT_SOLVER))
@@ -119,10 +144,19 @@ class GLRAMSGD(Optimizer):
         # Everything computed and finite: commit.
         for target, value in commits:
             target.copy_(value)
+        for layer in consumed:
+            layer.drop_captured()
         for p, buffer in buffers:
             self.state[p]["momentum_buffer"] = buffer
         self.last_projections = projections
         return loss
+
+
+def _release_capture(layers) -> None:
+    for ref in layers:
+        layer = ref()
+        if layer is not None:
+            layer.set_capture(False)
 
 
 def _check_layers_in_groups(layers, param_groups) -> list:
