@@ -11,6 +11,16 @@ quadnet::linalg::GLRAMOptions glram_options(double tol, int64_t max_iter, const 
   return quadnet::linalg::GLRAMOptions().tol(tol).max_iter(max_iter).solver(solver);
 }
 
+// A Python param group's GLRAMSGD options (the keys torch.optim fills from the defaults).
+quadnet::optim::GLRAMSGDOptions glram_sgd_options(const py::dict& group) {
+  return quadnet::optim::GLRAMSGDOptions(group["lr"].cast<double>())
+      .momentum(group["momentum"].cast<double>())
+      .weight_decay(group["weight_decay"].cast<double>())
+      .tol(group["tol"].cast<double>())
+      .max_iter(group["max_iter"].cast<int64_t>())
+      .solver(group["solver"].cast<std::string>());
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -52,6 +62,28 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
             py::arg("weight"), py::arg("S"), py::arg("X"), py::arg("G"), py::arg("lr"),
             py::arg("weight_decay"), py::arg("tol"), py::arg("max_iter"), py::arg("solver"),
             py::call_guard<py::gil_scoped_release>());
+  optim.def("check_options", [](const py::dict& group) { quadnet::optim::check_options(glram_sgd_options(group)); },
+            py::arg("group"));
+  using GroupArg = std::tuple<std::vector<torch::Tensor>, std::vector<c10::optional<torch::Tensor>>, py::dict>;
+  using LayerArg = std::tuple<torch::Tensor, torch::Tensor, c10::optional<torch::Tensor>, c10::optional<torch::Tensor>>;
+  optim.def("glram_sgd_updates",
+            [](const std::vector<GroupArg>& groups, const std::vector<LayerArg>& layers) {
+              std::vector<quadnet::optim::StepGroup> step_groups;
+              for (const auto& group : groups) {
+                quadnet::optim::StepGroup step_group{std::get<0>(group), {}, glram_sgd_options(std::get<2>(group))};
+                for (const auto& buffer : std::get<1>(group)) step_group.momentum_buffers.push_back(buffer.value_or(torch::Tensor()));
+                step_groups.push_back(std::move(step_group));
+              }
+              std::vector<quadnet::optim::ProjectedBatch> batches;
+              for (const auto& layer : layers) {
+                batches.push_back({std::get<0>(layer), std::get<1>(layer), std::get<2>(layer).value_or(torch::Tensor()),
+                                   std::get<3>(layer).value_or(torch::Tensor())});
+              }
+              py::gil_scoped_release release;
+              auto updates = quadnet::optim::glram_sgd_updates(step_groups, batches);
+              return std::make_tuple(updates.values, updates.momentum_buffers, updates.projections);
+            },
+            py::arg("groups"), py::arg("layers"));
   optim.def("captured_gradient_scale", &quadnet::optim::captured_gradient_scale, py::arg("weight"), py::arg("S"),
             py::arg("X"), py::arg("G"), py::arg("weight_grad"), py::arg("S_grad"),
             py::call_guard<py::gil_scoped_release>());

@@ -223,6 +223,26 @@ def test_invalid_arguments():
         GLRAMSGD(layer, lr=-1.0)
     with pytest.raises(ValueError, match="momentum must be >= 0"):
         GLRAMSGD(layer, lr=0.1, momentum=-0.5)
+    # a param group's own options are checked too (the C++ check, shared)
+    with pytest.raises(ValueError, match="GLRAMSGD: max_iter must be >= 0, got -2"):
+        GLRAMSGD([{"params": layer.parameters(), "max_iter": -2}], lr=0.1)
+    opt = GLRAMSGD([layer.weight, layer.S], lr=0.1)
+    with pytest.raises(ValueError, match='solver must be "rayleigh_ritz" or "exact", got "qr"'):
+        opt.add_param_group({"params": [layer.bias], "solver": "qr"})
+    assert len(opt.param_groups) == 1
+
+
+def test_state_dict_from_before_the_solver_option_loads():
+    layer = QuadraticLayer(4, 2, 2)
+    opt = GLRAMSGD(layer, lr=0.1, solver="exact")
+    state = opt.state_dict()
+    for group in state["param_groups"]:
+        del group["solver"]
+    fresh = GLRAMSGD(layer, lr=0.1, solver="exact")
+    fresh.load_state_dict(state)
+    assert fresh.param_groups[0]["solver"] == "rayleigh_ritz"
+    layer(torch.randn(3, 4)).sum().backward()
+    fresh.step()
 
 
 def test_stacked_quadratic_layers_each_projected_with_backprop_between():
@@ -389,3 +409,31 @@ def test_an_optimizer_that_is_gone_stops_capturing_and_copies_do_not_capture():
     gc.collect()
     _loss(layer, x, target).backward()
     assert layer.captured() == (None, None) and layer._capture_users == 0
+
+
+@pytest.mark.parametrize("solver", ["rayleigh_ritz", "exact"])
+def test_first_step_from_zero_is_the_top_of_the_negative_canonical_gradient(solver):
+    """The original experiment starts from W = 0, S = 0, a saddle where every gradient of W and S
+    is zero (SGD cannot move). The projected step still moves: A = −lr·X^T diag(g) X, and its
+    projection — one output — is the best rank-r approximation of A, the r eigenvectors of the
+    negative canonical gradient with the largest |λ| (Eckart–Young)."""
+    torch.manual_seed(7)
+    d, r, B, lr = 10, 3, 40, 0.1
+    layer = QuadraticLayer(d, 1, rank=r, bias=False).double()
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.S.zero_()
+    x = torch.randn(B, d, dtype=torch.float64)
+    target = torch.randn(B, 1, dtype=torch.float64)
+    opt = GLRAMSGD(layer, lr=lr, solver=solver)
+    sgd_twin = copy.deepcopy(layer)
+    opt.zero_grad()
+    _loss(layer, x, target).backward()
+    assert float(layer.weight.grad.abs().max()) == 0 and float(layer.S.grad.abs().max()) == 0
+    opt.step()
+    A = -lr * canonical_gradient(x, -target)  # G = y − target = −target at the zero model
+    lam, U = torch.linalg.eigh(A[0])
+    keep = lam.abs().argsort(descending=True)[:r]
+    best = (U[:, keep] * lam[keep]) @ U[:, keep].T
+    torch.testing.assert_close(layer.canonical()[0], best, rtol=0, atol=1e-10)
+    assert not torch.allclose(layer.canonical(), sgd_twin.canonical())

@@ -103,6 +103,57 @@ std::pair<torch::Tensor, torch::Tensor> sgd_update(const torch::Tensor& param, c
   return {updated, buffer};
 }
 
+void check_options(const GLRAMSGDOptions& options) {
+  TORCH_CHECK(options.lr() >= 0, "GLRAMSGD: lr must be >= 0, got ", options.lr());
+  TORCH_CHECK(options.momentum() >= 0, "GLRAMSGD: momentum must be >= 0, got ", options.momentum());
+  TORCH_CHECK(options.weight_decay() >= 0, "GLRAMSGD: weight_decay must be >= 0, got ", options.weight_decay());
+  TORCH_CHECK(options.max_iter() >= 0, "GLRAMSGD: max_iter must be >= 0, got ", options.max_iter());
+  TORCH_CHECK(options.tol() >= 0, "GLRAMSGD: tol must be >= 0, got ", options.tol());
+  TORCH_CHECK(options.solver() == "rayleigh_ritz" || options.solver() == "exact",
+              "GLRAMSGD: solver must be \"rayleigh_ritz\" or \"exact\", got \"", options.solver(), "\"");
+}
+
+StepUpdates glram_sgd_updates(const std::vector<StepGroup>& groups, const std::vector<ProjectedBatch>& layers) {
+  StepUpdates updates;
+  std::unordered_set<const void*> projected;
+  for (const auto& layer : layers) {
+    projected.insert(layer.weight.unsafeGetTensorImpl());
+    projected.insert(layer.S.unsafeGetTensorImpl());
+  }
+  for (const auto& group : groups) {
+    const auto& options = group.options;
+    TORCH_CHECK(group.momentum_buffers.size() == group.params.size(),
+                "glram_sgd_updates: expected one momentum buffer slot per parameter");
+    std::unordered_set<const void*> in_group;
+    for (const auto& p : group.params) in_group.insert(p.unsafeGetTensorImpl());
+    const auto glram_options =
+        linalg::GLRAMOptions().tol(options.tol()).max_iter(options.max_iter()).solver(options.solver());
+    for (const auto& layer : layers) {
+      const bool has_weight = in_group.count(layer.weight.unsafeGetTensorImpl()) > 0;
+      TORCH_CHECK(has_weight == (in_group.count(layer.S.unsafeGetTensorImpl()) > 0),
+                  "GLRAMSGD: a QuadraticLayer's weight and S must be in the same param group");
+      if (!has_weight || !layer.X.defined()) continue;  // elsewhere, or not in the graph this step
+      const auto &weight_grad = layer.weight.grad(), &S_grad = layer.S.grad();
+      if (!weight_grad.defined() && !S_grad.defined()) continue;  // no gradient: no step, as for SGD
+      const double scale = captured_gradient_scale(layer.weight, layer.S, layer.X, layer.G, weight_grad, S_grad);
+      auto result = quadratic_layer_step(layer.weight, layer.S, layer.X, scale == 1.0 ? layer.G : layer.G * scale,
+                                         options.lr(), options.weight_decay(), glram_options);
+      updates.values.emplace_back(layer.weight, result.weight);
+      updates.values.emplace_back(layer.S, result.S);
+      updates.projections.push_back(std::move(result));
+    }
+    for (size_t i = 0; i < group.params.size(); ++i) {
+      const auto& p = group.params[i];
+      if (projected.count(p.unsafeGetTensorImpl()) || !p.grad().defined()) continue;
+      auto update = sgd_update(p, p.grad(), group.momentum_buffers[i], options.lr(), options.momentum(),
+                               options.weight_decay());
+      updates.values.emplace_back(p, update.first);
+      if (update.second.defined()) updates.momentum_buffers.emplace_back(p, update.second);
+    }
+  }
+  return updates;
+}
+
 void GLRAMSGDOptions::serialize(torch::serialize::OutputArchive& archive) const {
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(lr);
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(momentum);
@@ -140,13 +191,7 @@ GLRAMSGD::GLRAMSGD(torch::nn::Module& model, std::vector<torch::optim::Optimizer
   // group index of every parameter given to the optimizer
   std::unordered_map<const void*, size_t> group_of;
   for (size_t g = 0; g < param_groups_.size(); ++g) {
-    const auto& options = static_cast<const GLRAMSGDOptions&>(param_groups_[g].options());
-    TORCH_CHECK(options.lr() >= 0, "GLRAMSGD: lr must be >= 0, got ", options.lr());
-    TORCH_CHECK(options.momentum() >= 0, "GLRAMSGD: momentum must be >= 0, got ", options.momentum());
-    TORCH_CHECK(options.weight_decay() >= 0, "GLRAMSGD: weight_decay must be >= 0, got ", options.weight_decay());
-    TORCH_CHECK(options.max_iter() >= 0, "GLRAMSGD: max_iter must be >= 0, got ", options.max_iter());
-    TORCH_CHECK(options.solver() == "rayleigh_ritz" || options.solver() == "exact",
-                "GLRAMSGD: solver must be \"rayleigh_ritz\" or \"exact\", got \"", options.solver(), "\"");
+    check_options(static_cast<const GLRAMSGDOptions&>(param_groups_[g].options()));
     for (const auto& p : param_groups_[g].params()) group_of[p.unsafeGetTensorImpl()] = g;
   }
   for (const auto& module : model.modules(/*include_self=*/true)) {
@@ -156,10 +201,10 @@ GLRAMSGD::GLRAMSGD(torch::nn::Module& model, std::vector<torch::optim::Optimizer
       if (weight == group_of.end() && S == group_of.end()) continue;  // not optimized here
       TORCH_CHECK(weight != group_of.end() && S != group_of.end() && weight->second == S->second,
                   "GLRAMSGD: a QuadraticLayer's weight and S must be in the same param group");
-      layer->set_capture(true);
       layers_.push_back(layer);
     }
   }
+  for (auto& layer : layers_) layer->set_capture(true);  // only once every check passed
 }
 
 GLRAMSGD::~GLRAMSGD() {
@@ -174,55 +219,30 @@ torch::Tensor GLRAMSGD::step(LossClosure closure) {
     loss = closure();
   }
   using StateKey = std::decay_t<decltype(state_)>::key_type;
-  // Compute every update first; commit only when all of them are finite.
-  std::vector<std::pair<torch::Tensor, torch::Tensor>> commits;  // (parameter, new value)
-  std::vector<std::pair<torch::Tensor, torch::Tensor>> buffers;  // (parameter, new momentum)
-  std::vector<linalg::GLRAMResult> projections;
-  std::vector<std::shared_ptr<nn::QuadraticLayerImpl>> consumed;  // captures to drop on commit
-  std::unordered_set<const void*> projected;
-  for (auto& layer : layers_) {
-    projected.insert(layer->weight.unsafeGetTensorImpl());
-    projected.insert(layer->S.unsafeGetTensorImpl());
-  }
+  std::vector<StepGroup> groups;
   for (auto& group : param_groups_) {
-    const auto& options = static_cast<const GLRAMSGDOptions&>(group.options());
-    const auto glram_options = linalg::GLRAMOptions().tol(options.tol()).max_iter(options.max_iter()).solver(options.solver());
-    std::unordered_set<const void*> in_group;
-    for (const auto& p : group.params()) in_group.insert(p.unsafeGetTensorImpl());
-    for (auto& layer : layers_) {
-      if (!in_group.count(layer->weight.unsafeGetTensorImpl())) continue;
-      auto captured = layer->captured();
-      if (!captured.first.defined()) continue;  // not in the graph this step
-      consumed.push_back(layer);
-      const auto &weight_grad = layer->weight.grad(), &S_grad = layer->S.grad();
-      if (!weight_grad.defined() && !S_grad.defined()) continue;  // no gradient: no step, as for SGD
-      const double scale = captured_gradient_scale(layer->weight, layer->S, captured.first, captured.second,
-                                                   weight_grad, S_grad);
-      auto G = scale == 1.0 ? captured.second : captured.second * scale;
-      auto result = quadratic_layer_step(layer->weight, layer->S, captured.first, G,
-                                         options.lr(), options.weight_decay(), glram_options);
-      commits.emplace_back(layer->weight, result.weight);
-      commits.emplace_back(layer->S, result.S);
-      projections.push_back(std::move(result));
-    }
-    for (auto& p : group.params()) {
-      if (projected.count(p.unsafeGetTensorImpl()) || !p.grad().defined()) continue;
+    StepGroup step_group{group.params(), {}, static_cast<const GLRAMSGDOptions&>(group.options())};
+    for (const auto& p : group.params()) {
       auto found = state_.find(state_key<StateKey>(p));
-      torch::Tensor buffer;
-      if (found != state_.end()) buffer = static_cast<GLRAMSGDParamState&>(*found->second).momentum_buffer();
-      auto update = sgd_update(p, p.grad(), buffer, options.lr(), options.momentum(), options.weight_decay());
-      commits.emplace_back(p, update.first);
-      if (update.second.defined()) buffers.emplace_back(p, update.second);
+      step_group.momentum_buffers.push_back(
+          found == state_.end() ? torch::Tensor() : static_cast<GLRAMSGDParamState&>(*found->second).momentum_buffer());
     }
+    groups.push_back(std::move(step_group));
   }
-  for (auto& commit : commits) commit.first.copy_(commit.second);
-  for (auto& layer : consumed) layer->drop_captured();
-  for (auto& entry : buffers) {
+  std::vector<ProjectedBatch> batches;
+  for (auto& layer : layers_) {
+    auto captured = layer->captured();
+    batches.push_back({layer->weight, layer->S, captured.first, captured.second});
+  }
+  auto updates = glram_sgd_updates(groups, batches);  // throws before anything is written
+  for (auto& value : updates.values) value.first.copy_(value.second);
+  for (auto& entry : updates.momentum_buffers) {
     auto state = std::make_unique<GLRAMSGDParamState>();
     state->momentum_buffer(entry.second);
     state_[state_key<StateKey>(entry.first)] = std::move(state);
   }
-  last_projections_ = std::move(projections);
+  for (auto& layer : layers_) layer->drop_captured();
+  last_projections_ = std::move(updates.projections);
   return loss;
 }
 

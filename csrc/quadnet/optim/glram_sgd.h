@@ -44,7 +44,7 @@ std::pair<torch::Tensor, torch::Tensor> sgd_update(const torch::Tensor& param, c
                                                    const torch::Tensor& momentum_buffer, double lr,
                                                    double momentum, double weight_decay);
 
-// ---- the C++ optimizer ----
+// ---- the options ----
 
 struct GLRAMSGDOptions : public torch::optim::OptimizerCloneableOptions<GLRAMSGDOptions> {
   GLRAMSGDOptions(double lr = 0.01) : lr_(lr) {}
@@ -61,6 +61,39 @@ struct GLRAMSGDOptions : public torch::optim::OptimizerCloneableOptions<GLRAMSGD
   double get_lr() const override { return lr(); }
   void set_lr(const double lr) override { this->lr(lr); }
 };
+
+// Throws unless lr, momentum, weight_decay ≥ 0, max_iter ≥ 0 and solver is known (each group's
+// options are checked when an optimizer is built, in both languages).
+void check_options(const GLRAMSGDOptions& options);
+
+// ---- one step, shared by the C++ optimizer and Python's quadnet.optim.GLRAMSGD ----
+
+// A projected layer and the batch it captured since the last step (X, G undefined: none).
+struct ProjectedBatch {
+  torch::Tensor weight, S, X, G;
+};
+
+// A param group as a step sees it.
+struct StepGroup {
+  std::vector<torch::Tensor> params;
+  std::vector<torch::Tensor> momentum_buffers;  // aligned with params; undefined: none yet
+  GLRAMSGDOptions options;
+};
+
+struct StepUpdates {
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> values;            // (parameter, new value)
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> momentum_buffers;  // (parameter, new buffer)
+  std::vector<linalg::GLRAMResult> projections;  // one per layer stepped, in group order
+};
+
+// Every update of one GLRAMSGD step, none written. Per group: the projected step of each layer
+// whose weight is in the group, that captured a batch and whose parameters have gradients
+// (G scaled by captured_gradient_scale; weight_decay on A); SGD (momentum, weight decay) for
+// every other parameter with a gradient. Throws — so nothing is written — on a layer split
+// across groups, gradients that do not match the captures, or a non-finite update.
+StepUpdates glram_sgd_updates(const std::vector<StepGroup>& groups, const std::vector<ProjectedBatch>& layers);
+
+// ---- the C++ optimizer ----
 
 struct GLRAMSGDParamState : public torch::optim::OptimizerCloneableParamState<GLRAMSGDParamState> {
   TORCH_ARG(torch::Tensor, momentum_buffer);

@@ -66,21 +66,12 @@ class GLRAMSGD(Optimizer):
     def __init__(self, params: Union[torch.nn.Module, Iterable], lr: float, *, momentum: float = 0.0,
                  weight_decay: float = 0.0, tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER,
                  solver: str = DEFAULT_SOLVER):
-        if lr < 0:
-            raise ValueError(f"GLRAMSGD: lr must be >= 0, got {lr}")
-        if momentum < 0:
-            raise ValueError(f"GLRAMSGD: momentum must be >= 0, got {momentum}")
-        if weight_decay < 0:
-            raise ValueError(f"GLRAMSGD: weight_decay must be >= 0, got {weight_decay}")
-        if max_iter < 0:
-            raise ValueError(f"GLRAMSGD: max_iter must be >= 0, got {max_iter}")
-        if solver not in ("rayleigh_ritz", "exact"):
-            raise ValueError(f'GLRAMSGD: solver must be "rayleigh_ritz" or "exact", got "{solver}"')
         layers = []
         if isinstance(params, torch.nn.Module):
             layers = [m for m in params.modules() if isinstance(m, QuadraticLayer)]
             params = params.parameters()
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, tol=tol, max_iter=max_iter, solver=solver)
+        _check_options(defaults)
         super().__init__(params, defaults)
         if not layers:  # plain parameters: find the layers they belong to (weight or S)
             found = (quadratic_layer_of(p) for g in self.param_groups for p in g["params"])
@@ -101,55 +92,54 @@ class GLRAMSGD(Optimizer):
         for layer in self._layers:
             layer.drop_captured()
 
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:  # state dicts saved before the option existed
+            group.setdefault("solver", DEFAULT_SOLVER)
+
+    def add_param_group(self, param_group: dict) -> None:
+        """``Optimizer.add_param_group``, with the group's options checked as in C++."""
+        super().add_param_group(param_group)
+        try:
+            _check_options(self.param_groups[-1])
+        except ValueError:
+            self.param_groups.pop()
+            raise
+
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], torch.Tensor]] = None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        commits, buffers, projections, consumed = [], [], [], []
-        projected = {id(p) for layer in self._layers for p in (layer.weight, layer.S)}
         # Checked for every group before any capture is consumed: a refused step changes nothing.
-        groups_ids = _check_layers_in_groups(self._layers, self.param_groups)
-        for group, in_group in zip(self.param_groups, groups_ids):
-            for layer in self._layers:
-                if id(layer.weight) not in in_group:
-                    continue
-                X, G = layer.captured()
-                if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                    X, G = _all_gather_batch(layer, X, G)
-                if X is None:
-                    continue
-                consumed.append(layer)
-                if layer.weight.grad is None and layer.S.grad is None:
-                    continue  # no gradient: no step, as for SGD
-                scale = _C.optim.captured_gradient_scale(layer.weight, layer.S, X, G, layer.weight.grad, layer.S.grad)
-                if scale != 1.0:
-                    G = G * scale
-                result = _C.optim.quadratic_layer_step(layer.weight, layer.S, X, G, group["lr"],
-                                                       group["weight_decay"], group["tol"], group["max_iter"],
-                                                       group.get("solver", DEFAULT_SOLVER))
-                commits += [(layer.weight, result.weight), (layer.S, result.S)]
-                projections.append(GLRAMResult(result.weight, result.S, result.objective,
-                                               result.iterations, result.converged))
-            for p in group["params"]:
-                if id(p) in projected or p.grad is None:
-                    continue
-                buffer = self.state[p].get("momentum_buffer")
-                new_p, new_buffer = _C.optim.sgd_update(p, p.grad, buffer, group["lr"],
-                                                        group["momentum"], group["weight_decay"])
-                commits.append((p, new_p))
-                if new_buffer is not None:
-                    buffers.append((p, new_buffer))
-        # Everything computed and finite: commit.
-        for target, value in commits:
+        _check_layers_in_groups(self._layers, self.param_groups)
+        batches = []
+        for layer in self._layers:
+            X, G = layer.captured()
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                X, G = _all_gather_batch(layer, X, G)
+            batches.append((layer.weight, layer.S, X, G))
+        buffer = lambda p: self.state[p].get("momentum_buffer") if p in self.state else None  # noqa: E731
+        groups = [(group["params"], [buffer(p) for p in group["params"]], group) for group in self.param_groups]
+        # The updates are computed (and checked) in C++, the same function as quadnet::optim::GLRAMSGD::step.
+        values, buffers, projections = _C.optim.glram_sgd_updates(groups, batches)
+        for target, value in values:
             target.copy_(value)
-        for layer in consumed:
-            layer.drop_captured()
         for p, buffer in buffers:
             self.state[p]["momentum_buffer"] = buffer
-        self.last_projections = projections
+        for layer in self._layers:
+            layer.drop_captured()
+        self.last_projections = [GLRAMResult(r.weight, r.S, r.objective, r.iterations, r.converged)
+                                 for r in projections]
         return loss
+
+
+def _check_options(group: dict) -> None:
+    try:
+        _C.optim.check_options(group)
+    except RuntimeError as error:
+        raise ValueError(str(error).splitlines()[0]) from None
 
 
 def _release_capture(layers) -> None:
@@ -159,17 +149,15 @@ def _release_capture(layers) -> None:
             layer.set_capture(False)
 
 
-def _check_layers_in_groups(layers, param_groups) -> list:
-    """A projected layer needs its weight and S in one group: half of it would get plain SGD.
-    Returns the set of parameter ids of each group."""
-    groups_ids = [{id(p) for p in group["params"]} for group in param_groups]
-    for in_group in groups_ids:
+def _check_layers_in_groups(layers, param_groups) -> None:
+    """A projected layer needs its weight and S in one group: half of it would get plain SGD."""
+    for group in param_groups:
+        in_group = {id(p) for p in group["params"]}
         for layer in layers:
             if (id(layer.weight) in in_group) != (id(layer.S) in in_group):
                 raise ValueError("GLRAMSGD: a QuadraticLayer's weight and S must be in the same param group "
                                  f"(found only its {'weight' if id(layer.weight) in in_group else 'S'} in a "
                                  f"group for {layer!r})")
-    return groups_ids
 
 
 def _all_gather_batch(layer: QuadraticLayer, X: Optional[torch.Tensor], G: Optional[torch.Tensor]):
