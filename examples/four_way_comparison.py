@@ -49,7 +49,8 @@ CONFIGS = {
     "diagonal r=325, Adam": ("diagonal", 325, "Adam", "random"),
     "symmetric r=25, Adam": ("symmetric", 25, "Adam", "random"),
 }
-GRID = {"SGD": [0.01, 0.03, 0.1, 0.3], "GLRAMSGD": [0.003, 0.01, 0.03, 0.1], "Adam": [1e-3, 3e-3, 1e-2]}
+GRID = {"SGD": [0.01, 0.03, 0.1, 0.3, 1.0], "GLRAMSGD": [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0],
+        "Adam": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1]}
 EARLY_STEP = 50  # the "first steps" column
 
 
