@@ -14,8 +14,8 @@ QuadraticLayer(900, 100, rank=10) → BatchNorm1d(100) → Linear(100, 10), trai
 Adam. Reported: per step, the time of the forward+backward and of the optimizer step; the peak
 resident memory above what the model and data already hold, over the whole run after a 3-step
 warm-up on a throwaway model (a bound on any step's extra memory: forward, backward and
-projection together; the warm-up keeps one-time costs out, e.g. LAPACK code paged in); the memory one
-projection takes by the original dense route (materialise the n canonical d×d matrices, GLRAM
+projection together; the warm-up keeps one-time costs out, e.g. LAPACK code paged in); the memory
+and time one projection takes by the original dense route (materialise the n canonical d×d matrices, GLRAM
 on them; measured in a fresh process) next to the n·d² float64 entries it must hold; and test
 accuracy. Saves results.json and memory_wall.png.
 """
@@ -129,10 +129,11 @@ def train(name, data, args):
             "peak_extra_MB_over_run": peak_extra}
 
 
-def dense_projection_MB():
-    """Peak resident growth of one projection by the dense route, in a fresh process."""
+def dense_projection():
+    """(peak resident growth in MB, seconds) of one projection by the dense route, in a fresh process."""
     out = subprocess.run([sys.executable, __file__, "--measure-dense"], capture_output=True, text=True, check=True)
-    return float(out.stdout.split()[-1])
+    mb, seconds = out.stdout.split()[-2:]
+    return float(mb), float(seconds)
 
 
 def measure_dense():
@@ -141,10 +142,11 @@ def measure_dense():
     X, G = torch.randn(BATCH, D), torch.randn(BATCH, N) / BATCH
     reset_peak()
     before = status_kb("VmRSS")
+    start = time.perf_counter()
     with torch.no_grad():
         A = quadnet.ops.canonical_form(layer.weight, layer.S) - 0.005 * quadnet.ops.canonical_gradient(X, G)
         quadnet.linalg.glram(A, RANK, init=layer.weight, solver="exact")
-    print((status_kb("VmHWM") - before) / 1024)
+    print((status_kb("VmHWM") - before) / 1024, time.perf_counter() - start)
 
 
 def plot(runs, dense_mb, canonical_mb, path):
@@ -152,7 +154,7 @@ def plot(runs, dense_mb, canonical_mb, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.5))
-    names = [r["optimizer"] for r in runs] + ["dense projection\n(one step)", "n·d² float64\nentries"]
+    names = [r["optimizer"] for r in runs] + ["dense route\n(one step)", "n·d²\nfloat64"]
     values = [r["peak_extra_MB_over_run"] for r in runs] + [dense_mb, canonical_mb]
     ax0.bar(names, values, color=["C0", "C1", "C2", "C3", "C7"][:len(values)])
     ax0.set_yscale("log")
@@ -184,18 +186,19 @@ def main():
     print(f"Fashion-MNIST padded to 30x30 (d={D}); QuadraticLayer({D}, {N}, rank={RANK}) -> BatchNorm1d -> "
           f"Linear({N}, 10); batch {BATCH}; torch {torch.__version__}, {torch.get_num_threads()} threads")
     runs = [train(name, data, args) for name in LRS]
-    dense_mb = dense_projection_MB()
+    dense_mb, dense_seconds = dense_projection()
     canonical_mb = N * D * D * 8 / 2**20
     print(f"\n{'optimizer':9s} {'test acc':>8s} {'fwd+bwd':>9s} {'opt.step':>9s} {'peak extra (whole run)':>24s}")
     for r in runs:
         print(f"{r['optimizer']:9s} {r['final_test_accuracy']:8.4f} {r['ms_forward_backward']:7.2f}ms "
               f"{r['ms_optimizer_step']:7.2f}ms {r['peak_extra_MB_over_run']:20.1f} MB")
-    print(f"one projection by the dense route: {dense_mb:.0f} MB peak extra; "
+    print(f"one projection by the dense route: {dense_mb:.0f} MB peak extra, {dense_seconds:.1f} s; "
           f"its n·d² float64 canonical entries alone: {canonical_mb:.0f} MB")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"shape": {"d": D, "n": N, "rank": RANK, "batch": BATCH}, "steps": args.steps, "runs": runs,
-                   "dense_projection_peak_extra_MB": dense_mb, "canonical_float64_MB": canonical_mb,
+                   "dense_projection_peak_extra_MB": dense_mb, "dense_projection_seconds": dense_seconds,
+                   "canonical_float64_MB": canonical_mb,
                    "torch": torch.__version__, "threads": torch.get_num_threads()}, f, indent=1)
     plot(runs, dense_mb, canonical_mb, os.path.join(args.out, "memory_wall.png"))
     print(f"saved {args.out}/results.json and {args.out}/memory_wall.png ({time.time() - start:.0f}s)")
