@@ -524,8 +524,10 @@ GLRAMResult projected_step(const at::Tensor& weight, const at::Tensor& S, const 
   const bool exact = exact_solver(options) || n == 1;
   if (!exact) {
     auto V0 = orthonormal_rows(W64);
-    LowRankMatrices problem(W64, S64, X64, G64, lr);
-    if (V0.defined() && problem.well_conditioned()) return cast_result(rayleigh_ritz(problem, V0, options), weight);
+    if (V0.defined()) {
+      LowRankMatrices problem(W64, S64, X64, G64, lr);
+      if (problem.well_conditioned()) return cast_result(rayleigh_ritz(problem, V0, options), weight);
+    }
   }
   // Otherwise the k×k cores: the exact solver, one output, and the Rayleigh–Ritz solver without
   // a warm start (weight of rank < r: the classic start needs the cores) or with nearly
