@@ -120,8 +120,10 @@ class GLRAMSGD(Optimizer):
             if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
                 X, G = _all_gather_batch(layer, X, G)
             batches.append((layer.weight, layer.S, X, G))
-        buffer = lambda p: self.state[p].get("momentum_buffer") if p in self.state else None  # noqa: E731
-        groups = [(group["params"], [buffer(p) for p in group["params"]], group) for group in self.param_groups]
+        def momentum_buffer_of(p):
+            return self.state[p].get("momentum_buffer") if p in self.state else None  # no empty state entries
+        groups = [(group["params"], [momentum_buffer_of(p) for p in group["params"]], group)
+                  for group in self.param_groups]
         # The updates are computed (and checked) in C++, the same function as quadnet::optim::GLRAMSGD::step.
         values, buffers, projections = _C.optim.glram_sgd_updates(groups, batches)
         for target, value in values:
