@@ -293,44 +293,62 @@ CoreBasis core_basis(const at::Tensor& C) {
   return {std::get<1>(qr), T, std::get<0>(qr), at::Tensor()};
 }
 
-// The alternating loop from an orthonormal start V (m × r).
-// Host synchronisation: the monotonicity guard and the stopping rule read each objective value
-// on the host (`captured`, one .item() per evaluation: 1–2 per iteration, a device sync on CUDA).
-// An iteration count decided by convergence needs them; everything else stays on the device.
-template <class Problem>
-GLRAMResult alternate(const Problem& problem, at::Tensor V, const GLRAMOptions& options) {
-  const auto r = V.size(1);
-  const double total = problem.total();
-  GLRAMResult result;
-  std::vector<double> trace;
-  auto state = problem.at(V);
-  double f = problem.captured(state);
-  trace.push_back(std::max(0.0, total - f));
+// A state of either solver with its captured energy f = Σ_i ||V^T A_i V||_F^2.
+template <class State>
+struct Scored {
+  State state;
+  double f;
+};
+
+// The GLRAM iteration both solvers share. `propose(point)` returns a callable shift -> next
+// point: the plain step at shift 0, and — when that would lower f, possible for indefinite A_i —
+// the convexified step at shift c = Σ_i ||A_i||_F^2 (a minorise-maximise step: M + c V V^T with
+// c ≥ −λ_min(Σ A_i ⊗ A_i) cannot lower f). Stops when an iteration gains ≤ tol · total or after
+// max_iter; fills result's iterations, converged and objective (Σ_i ||A_i||^2 − f per iterate).
+// Host synchronisation: the guard and the stopping rule read each f on the host (one .item()
+// per evaluation: 1–2 per iteration, a device sync on CUDA). An iteration count decided by
+// convergence needs them; everything else stays on the device.
+template <class Point, class Propose>
+Point iterate(Point point, double total, const GLRAMOptions& options, const Propose& propose, GLRAMResult& result) {
+  std::vector<double> trace{std::max(0.0, total - point.f)};
   for (int64_t it = 0; it < options.max_iter(); ++it) {
-    auto next = problem.at(problem.top(state, r, 0.0));
-    double f_new = problem.captured(next);
-    if (f_new < f) {
-      // Convexified step: M + c V V^T with c ≥ −λ_min(Σ A_i ⊗ A_i) cannot lower f.
-      next = problem.at(problem.top(state, r, total));
-      f_new = problem.captured(next);
-    }
-    if (!(f_new >= f)) {  // only rounding can get here: keep the better subspace
+    auto step = propose(point);
+    Point next = step(0.0);
+    if (next.f < point.f) next = step(total);
+    if (!(next.f >= point.f)) {  // only rounding can get here: keep the better subspace
       result.converged = true;
       break;
     }
-    state = next;
+    const double gain = next.f - point.f;
+    point = std::move(next);
     ++result.iterations;
-    const double gain = f_new - f;
-    f = f_new;
-    trace.push_back(std::max(0.0, total - f));
+    trace.push_back(std::max(0.0, total - point.f));
     if (gain <= options.tol() * total) {
       result.converged = true;
       break;
     }
   }
-  result.S = symmetric_part(problem.projected(state));
-  result.weight = state.V.t();
   result.objective = at::tensor(trace, at::kDouble);
+  return point;
+}
+
+// The exact solver: from an orthonormal start V (m × r), V ← top-r eigenvectors of
+// M = Σ_i A_i V V^T A_i (+ c V V^T when convexified).
+template <class Problem>
+GLRAMResult alternate(const Problem& problem, const at::Tensor& V, const GLRAMOptions& options) {
+  const auto r = V.size(1);
+  using Point = Scored<typename Problem::State>;
+  auto score = [&problem](typename Problem::State state) {
+    const double f = problem.captured(state);
+    return Point{std::move(state), f};
+  };
+  auto propose = [&problem, &score, r](const Point& point) {
+    return [&problem, &score, &point, r](double shift) { return score(problem.at(problem.top(point.state, r, shift))); };
+  };
+  GLRAMResult result;
+  const auto end = iterate(score(problem.at(V)), problem.total(), options, propose, result);
+  result.S = symmetric_part(problem.projected(end.state));
+  result.weight = end.state.V.t();
   return result;
 }
 
@@ -359,17 +377,22 @@ at::Tensor orthonormal_extension(const at::Tensor& V, at::Tensor Z, int64_t q) {
 // Every quantity comes from the problem's images (A U in whatever factored form), which are
 // linear in U: the image of V' = U Y is combined from those of V and Q2, not recomputed.
 template <class Problem>
-GLRAMResult rayleigh_ritz(const Problem& problem, at::Tensor V, const GLRAMOptions& options) {
-  const auto m = V.size(0), r = V.size(1);
+GLRAMResult rayleigh_ritz(const Problem& problem, const at::Tensor& V0, const GLRAMOptions& options) {
+  const auto m = V0.size(0), r = V0.size(1);
   const auto q = std::min(r, m - r);  // the extension's width (the complement of V is m − r wide)
-  const double total = problem.total();
-  GLRAMResult result;
-  std::vector<double> trace;
-  auto image = problem.image(V);
-  auto cores = symmetric_part(problem.cross(V, image, image));
-  double f = squared_norm(cores);
-  trace.push_back(std::max(0.0, total - f));
-  for (int64_t it = 0; it < options.max_iter() && q > 0; ++it) {
+  struct Ritz {
+    at::Tensor V;
+    typename Problem::Image image;  // A V
+    at::Tensor cores;               // V^T A_i V
+  };
+  using Point = Scored<Ritz>;
+  auto score = [&problem](at::Tensor V, typename Problem::Image image) {
+    auto cores = symmetric_part(problem.cross(V, image, image));
+    const double f = squared_norm(cores);
+    return Point{{std::move(V), std::move(image), std::move(cores)}, f};
+  };
+  auto propose = [&problem, &score, r, q](const Point& point) {
+    const auto& [V, image, cores] = point.state;
     // V^T M V = Σ_i K_i K_i comes from the cores: the first projection of M V off V is free.
     auto MV = problem.apply(image, cores);
     auto Q2 = orthonormal_extension(V, MV - at::mm(V, at::matmul(cores, cores).sum(0)), q);
@@ -377,40 +400,22 @@ GLRAMResult rayleigh_ritz(const Problem& problem, at::Tensor V, const GLRAMOptio
     auto H = at::cat({cores, problem.cross(Q2, image2, image)}, 1);  // U^T A_i V (n × (r + q) × r)
     auto Hflat = H.permute({1, 0, 2}).reshape({r + q, -1});
     auto MU = at::mm(Hflat, Hflat.t());
-    auto candidate = [&](double shift) {
+    return [&problem, &score, &point, Q2, image2, MU, r, q](double shift) {
       auto Ms = MU;
       if (shift > 0) Ms = MU + at::diag(at::cat({at::full({r}, shift, MU.options()), at::zeros({q}, MU.options())}));
       auto Y = top_eigenvectors(symmetric_part(Ms), r);
       auto Y1 = Y.narrow(0, 0, r), Y2 = Y.narrow(0, r, q);
-      auto V_new = at::mm(V, Y1) + at::mm(Q2, Y2);
-      auto image_new = problem.combine(image, Y1, image2, Y2);
-      auto cores_new = symmetric_part(problem.cross(V_new, image_new, image_new));
-      const double f_new = squared_norm(cores_new);
-      return std::make_tuple(V_new, image_new, cores_new, f_new);
+      const auto& current = point.state;
+      return score(at::mm(current.V, Y1) + at::mm(Q2, Y2), problem.combine(current.image, Y1, image2, Y2));
     };
-    auto next = candidate(0.0);
-    if (std::get<3>(next) < f) next = candidate(total);  // convexified: cannot lower f
-    const double f_new = std::get<3>(next);
-    if (!(f_new >= f)) {  // only rounding can get here: keep the better subspace
-      result.converged = true;
-      break;
-    }
-    V = std::get<0>(next);
-    image = std::get<1>(next);
-    cores = std::get<2>(next);
-    ++result.iterations;
-    const double gain = f_new - f;
-    f = f_new;
-    trace.push_back(std::max(0.0, total - f));
-    if (gain <= options.tol() * total) {
-      result.converged = true;
-      break;
-    }
-  }
-  if (q == 0) result.converged = true;  // r = m: V spans everything
-  result.S = cores;
-  result.weight = V.t();
-  result.objective = at::tensor(trace, at::kDouble);
+  };
+  auto limits = options;
+  if (q == 0) limits.max_iter(0);  // r = m: V spans everything
+  GLRAMResult result;
+  const auto end = iterate(score(V0, problem.image(V0)), problem.total(), limits, propose, result);
+  if (q == 0) result.converged = true;
+  result.S = end.state.cores;
+  result.weight = end.state.V.t();
   return result;
 }
 
