@@ -6,6 +6,7 @@
 
 #include "../utils/checks.h"
 #include "../utils/symmetric.h"
+#include "detail.h"
 
 // Every kernel here also runs on FakeTensors with symbolic sizes (torch.compile with dynamic
 // shapes, torch.export): sizes are read as SymInts (sym_size, view_symint, ...), never as ints.

@@ -13,7 +13,7 @@
 // tracing come from the ATen ops they call).
 #include <torch/library.h>
 
-#include "quadratic_form.h"
+#include "detail.h"
 
 TORCH_LIBRARY(quadnet, m) {
   m.def("quadratic_form(Tensor x, Tensor weight, Tensor S) -> Tensor");
