@@ -25,7 +25,9 @@ nitpicky = True
 nitpick_ignore_regex = [(r"py:.*", r"(torch|typing|collections|weakref)(\..*)?"),
                         (r"py:.*", r"(Tensor|Module|Optimizer|Parameter|Sequential|Linear|NamedTuple)"),
                         (r"py:.*", r"(int|float|bool|str|dict|list|tuple|None|Callable|Iterable|Optional|Union|Sequence)"),
-                        (r"py:.*", r"(optional|callable)")]
+                        (r"py:.*", r"(optional|callable)"),
+                        # private bases (the conv layers' shared geometry) are not documented
+                        (r"py:class", r"quadnet(\.\w+)*\._\w+")]
 
 exclude_patterns = ["_build"]
 html_theme = "alabaster"

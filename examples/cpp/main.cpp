@@ -12,8 +12,9 @@
 //   quadnet_app state-dict SPEC WEIGHTS.pt INPUT.pt OUTPUT.pt
 //       Builds a torch::nn::Sequential of quadnet C++ modules from SPEC, e.g.
 //       "quadratic:8:6:3,diagonal:6:4:2,polynomial:4:4:2,overparam:4:2:3" (kind:in:out:rank,
-//       or kind:in:out:depth for overparam; all with bias), loads weights saved in Python by
-//       quadnet.save_state_dict(model, path) and runs it.
+//       or kind:in:out:depth for overparam; all with bias; quadconv and polyconv are a
+//       QuadraticConv2d / PolynomialConvBlock with in/out channels, 3×3 filters and padding 1),
+//       loads weights saved in Python by quadnet.save_state_dict(model, path) and runs it.
 //   quadnet_app classify MODEL IMAGES.gz LABELS.gz PREDICTIONS.pt
 //       Loads a classifier taking (N, 784) pixels in [0, 1] — an AOTInductor package if MODEL
 //       ends in .pt2, else a TorchScript file — classifies the images of an MNIST-format idx
@@ -98,6 +99,11 @@ torch::nn::Sequential build_from_spec(const std::string& spec) {
       model->push_back(quadnet::nn::DiagonalQuadraticLayer(in, out, rank));
     } else if (f[0] == "polynomial") {
       model->push_back(quadnet::nn::PolynomialBlock(in, out, rank));
+    } else if (f[0] == "quadconv") {
+      model->push_back(quadnet::nn::QuadraticConv2d(quadnet::nn::QuadraticConv2dOptions(in, out, 3, rank).padding(1)));
+    } else if (f[0] == "polyconv") {
+      model->push_back(
+          quadnet::nn::PolynomialConvBlock(quadnet::nn::PolynomialConvBlockOptions(in, out, 3, rank).padding(1)));
     } else if (f[0] == "overparam") {
       model->push_back(quadnet::nn::OverparamLinear(in, out, /*depth=*/rank));
     } else {

@@ -1,9 +1,17 @@
 """Functional form of quadnet's ops (C++ kernels, registered as ``torch.ops.quadnet.*``)."""
-from torch import Tensor
+from typing import Tuple, Union
+
 import torch
+from torch import Tensor
 
 __all__ = ["quadratic_form", "diagonal_quadratic_form", "canonical_form", "diagonal_canonical_form",
-           "canonical_gradient"]
+           "canonical_gradient", "quadratic_features", "quadratic_conv2d", "diagonal_quadratic_conv2d"]
+
+_Pair = Union[int, Tuple[int, int]]
+
+
+def _pair(value: _Pair) -> Tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
 
 
 def quadratic_form(x: Tensor, weight: Tensor, S: Tensor) -> Tensor:
@@ -33,3 +41,31 @@ def diagonal_canonical_form(weight: Tensor, alpha: Tensor) -> Tensor:
 def canonical_gradient(X: Tensor, G: Tensor) -> Tensor:
     r"""``∂ℓ/∂A_i = X^T diag(G[:, i]) X``: ``X (B, d)``, ``G (B, n)`` -> ``(n, d, d)``."""
     return torch.ops.quadnet.canonical_gradient(X, G)
+
+
+def quadratic_features(h: Tensor, S: Tensor) -> Tensor:
+    r"""``y[..., i] = h^T sym(S_i) h`` for every feature vector: ``h (..., r)``, ``S (n, r, r)`` -> ``(..., n)``.
+
+    The dense layer's quadratic form without its weight (``quadratic_form(x, W, S) =
+    quadratic_features(x @ W.T, S)``); differentiable twice.
+    """
+    return torch.ops.quadnet.quadratic_features(h, S)
+
+
+def quadratic_conv2d(x: Tensor, weight: Tensor, S: Tensor, stride: _Pair = 1, padding: _Pair = 0,
+                     dilation: _Pair = 1) -> Tensor:
+    r"""``y_i(p) = h(p)^T sym(S_i) h(p)`` with ``h = conv2d(x, weight, stride, padding, dilation)``.
+
+    Shapes: ``x (N, C, H, W)`` or ``(C, H, W)``, ``weight (r, C, kh, kw)``, ``S (n, r, r)`` ->
+    ``(N, n, H', W')`` (or ``(n, H', W')``), ``H'``, ``W'`` as for ``conv2d``. The output is
+    channels-last in memory. Differentiable twice.
+    """
+    return torch.ops.quadnet.quadratic_conv2d(x, weight, S, _pair(stride), _pair(padding), _pair(dilation))
+
+
+def diagonal_quadratic_conv2d(x: Tensor, weight: Tensor, alpha: Tensor, stride: _Pair = 1, padding: _Pair = 0,
+                              dilation: _Pair = 1) -> Tensor:
+    r"""``y_i(p) = Σ_j alpha_ij h_j(p)^2`` with ``h = conv2d(x, weight, ...)``: ``weight (m, C, kh, kw)``,
+    ``alpha (n, m)``; shapes otherwise as :func:`quadratic_conv2d`."""
+    return torch.ops.quadnet.diagonal_quadratic_conv2d(x, weight, alpha, _pair(stride), _pair(padding),
+                                                       _pair(dilation))

@@ -67,6 +67,18 @@ def test_polynomial_and_overparam_state_dicts_load_into_cpp_modules(quadnet_app,
         torch.testing.assert_close(torch.load(tmp_path / "y.pt"), model(x), rtol=1e-6, atol=1e-6)
 
 
+def test_convolutional_state_dicts_load_into_cpp_modules(quadnet_app, tmp_path):
+    model = torch.nn.Sequential(quadnet.nn.PolynomialConvBlock(2, 4, 3, rank=3, padding=1),
+                                quadnet.nn.QuadraticConv2d(4, 3, 3, rank=2, padding=1))
+    x = torch.randn(3, 2, 7, 6)
+    quadnet.save_state_dict(model, tmp_path / "weights.pt")
+    torch.save(x, tmp_path / "x.pt")
+    run_app(quadnet_app, "state-dict", "polyconv:2:4:3,quadconv:4:3:2", tmp_path / "weights.pt", tmp_path / "x.pt",
+            tmp_path / "y.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(torch.load(tmp_path / "y.pt"), model(x), rtol=1e-6, atol=1e-6)
+
+
 def write_idx_gz(path, array):
     import gzip
     import numpy as np

@@ -25,6 +25,12 @@ OP_SAMPLES = {
     "canonical_form": [[(3, 4), (2, 3, 3)]],
     "diagonal_canonical_form": [[(3, 4), (2, 3)]],
     "canonical_gradient": [[(6, 3), (6, 5)], [(6, 5), (6, 3)]],
+    # (shapes, the op's other arguments) where it has some
+    "quadratic_features": [[(5, 4), (3, 4, 4)], [(2, 3, 6), (40, 6, 6)], [(1,), (2, 1, 1)], [(300, 7), (5, 7, 7)]],
+    "_quadratic_features_backward": [[(5, 3), (5, 4), (3, 4, 4)], [(300, 40), (300, 6), (40, 6, 6)]],
+    "quadratic_conv2d": [([(2, 3, 6, 5), (4, 3, 3, 3), (5, 4, 4)], ([1, 1], [1, 1], [1, 1])),
+                         ([(3, 7, 6), (2, 3, 2, 3), (1, 2, 2)], ([2, 1], [0, 1], [1, 2]))],
+    "diagonal_quadratic_conv2d": [([(2, 3, 6, 5), (4, 3, 3, 3), (5, 4)], ([2, 2], [1, 0], [1, 1]))],
 }
 
 
@@ -33,9 +39,10 @@ OP_SAMPLES = {
 @pytest.mark.parametrize("name", sorted(OP_SAMPLES))
 def test_opcheck(name, dtype, device):
     op = getattr(torch.ops.quadnet, name).default
-    for shapes in OP_SAMPLES[name]:
+    for sample in OP_SAMPLES[name]:
+        shapes, others = sample if isinstance(sample, tuple) else (sample, ())
         for requires_grad in (False, True):
-            opcheck(op, tensors(*shapes, device=device, dtype=dtype, requires_grad=requires_grad))
+            opcheck(op, (*tensors(*shapes, device=device, dtype=dtype, requires_grad=requires_grad), *others))
 
 
 def test_every_registered_op_is_opchecked():

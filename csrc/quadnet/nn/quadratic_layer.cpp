@@ -16,9 +16,10 @@ namespace nn {
 
 namespace init {
 namespace {
+// nn.Linear's (and, for a (rank, C, kh, kw) weight, nn.Conv2d's) init: fan-in = weight[0].numel().
 void linear_weight_and_bias_(torch::Tensor& weight, torch::Tensor& bias) {
   torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
-  detail::linear_bias_(bias, weight.size(1));
+  detail::linear_bias_(bias, weight[0].numel());
 }
 }  // namespace
 

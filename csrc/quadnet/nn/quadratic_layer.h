@@ -111,7 +111,8 @@ DiagonalQuadraticLayer to_diagonal(const QuadraticLayer& layer);
 namespace init {
 // Default initialisation shared by the C++ and Python modules (same RNG stream):
 // weight like nn.Linear (kaiming-uniform, a=√5), S_i symmetric with entries of
-// U(-1/rank, 1/rank) before symmetrisation, bias U(-1/√in, 1/√in). In place.
+// U(-1/rank, 1/rank) before symmetrisation, bias U(-1/√in, 1/√in). In place. Also the
+// convolutional layers' init: for a weight (rank, C, kh, kw) the fan-in is C·kh·kw (nn.Conv2d's).
 void quadratic_layer_(torch::Tensor& weight, torch::Tensor& S, torch::Tensor& bias);
 // weight as above, alpha U(-1/rank, 1/rank), bias as above. In place.
 void diagonal_quadratic_layer_(torch::Tensor& weight, torch::Tensor& alpha, torch::Tensor& bias);

@@ -1,13 +1,24 @@
 #pragma once
-// The kernels behind the op registrations (ops/register_ops.cpp), per dispatch key (not part of
-// the public API: call the functions of quadratic_form.h, which go through the dispatcher).
+// The kernels behind the op registrations (ops/register_ops.cpp), per dispatch key, and the
+// dispatcher lookup the public functions use (not part of the public API: call the functions of
+// quadratic_form.h and quadratic_conv.h, which go through the dispatcher).
 
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <c10/util/ArrayRef.h>
 
 #include <tuple>
 
 namespace quadnet {
 namespace ops {
+
+// An op's typed handle, looked up by name (each caller keeps it in a function-local static).
+template <class Signature>
+c10::TypedOperatorHandle<Signature> typed_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
 at::Tensor quadratic_form_composite(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& S);
 at::Tensor quadratic_form_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& S);
 at::Tensor quadratic_form_autograd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& S);
@@ -31,5 +42,23 @@ at::Tensor diagonal_quadratic_form_composite(const at::Tensor& x, const at::Tens
 at::Tensor canonical_gradient_composite(const at::Tensor& X, const at::Tensor& G);
 at::Tensor canonical_form_composite(const at::Tensor& weight, const at::Tensor& S);
 at::Tensor diagonal_canonical_form_composite(const at::Tensor& weight, const at::Tensor& alpha);
+
+at::Tensor quadratic_features_composite(const at::Tensor& h, const at::Tensor& S);
+at::Tensor quadratic_features_cpu(const at::Tensor& h, const at::Tensor& S);
+std::tuple<at::Tensor, at::Tensor> quadratic_features_backward_cpu(const at::Tensor& grad, const at::Tensor& h,
+                                                                   const at::Tensor& S);
+at::Tensor quadratic_features_meta(const at::Tensor& h, const at::Tensor& S);
+at::Tensor quadratic_features_autograd(const at::Tensor& h, const at::Tensor& S);
+std::tuple<at::Tensor, at::Tensor> quadratic_features_backward_composite(const at::Tensor& grad, const at::Tensor& h,
+                                                                         const at::Tensor& S);
+std::tuple<at::Tensor, at::Tensor> quadratic_features_backward_meta(const at::Tensor& grad, const at::Tensor& h,
+                                                                    const at::Tensor& S);
+std::tuple<at::Tensor, at::Tensor> quadratic_features_backward_autograd(const at::Tensor& grad, const at::Tensor& h,
+                                                                        const at::Tensor& S);
+at::Tensor quadratic_conv2d_composite(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& S,
+                                      at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation);
+at::Tensor diagonal_quadratic_conv2d_composite(const at::Tensor& x, const at::Tensor& weight,
+                                               const at::Tensor& alpha, at::IntArrayRef stride,
+                                               at::IntArrayRef padding, at::IntArrayRef dilation);
 }  // namespace ops
 }  // namespace quadnet

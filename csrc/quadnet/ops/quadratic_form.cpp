@@ -5,6 +5,7 @@
 #include <torch/autograd.h>
 
 #include "../utils/checks.h"
+#include "../utils/shapes.h"
 #include "../utils/symmetric.h"
 #include "detail.h"
 
@@ -17,6 +18,9 @@ namespace {
 using c10::SymInt;
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
+using ops::typed_op;
+using utils::flatten_samples;
+using utils::output_shape;
 using utils::symmetric_part;
 
 // weight (r, d) and the per-output coefficients: S (n, r, r) or alpha (n, r).
@@ -68,20 +72,6 @@ void check_backward_args(const at::Tensor& grad, const at::Tensor& h, const at::
   utils::check_same_floating(op, {{"grad", grad}, {"h", h}, {"z", z}});
 }
 
-// x (..., d) as a (B, d) matrix, B the product of the leading sizes (also when one is 0).
-at::Tensor flatten_samples(const at::Tensor& x) {
-  SymInt batch = 1;
-  for (int64_t i = 0; i + 1 < x.dim(); ++i) batch = batch * x.sym_size(i);
-  return x.reshape_symint({batch, x.sym_size(-1)});
-}
-
-// (..., n): x's leading sizes, then n.
-std::vector<SymInt> output_shape(const at::Tensor& x, const SymInt& n) {
-  auto shape = x.sym_sizes().vec();
-  shape.back() = n;
-  return shape;
-}
-
 // Forward pieces, shared by the forward kernels and the differentiable double backward.
 // H = X W^T (B×r);  Z[b, i, :] = sym(S_i) h_b (B×n×r) from ONE GEMM H · [S_1 … S_n].
 struct QuadraticPieces {
@@ -112,12 +102,6 @@ std::tuple<at::Tensor, at::Tensor> backward_math(const at::Tensor& G, const at::
   auto dH = at::bmm(G.unsqueeze(1), Z).squeeze(1) * 2.0;
   auto dS = canonical_gradient(H, G);  // symmetric: d sym(S)/dS is the identity on it
   return {dH, dS};
-}
-
-// An op's typed handle, looked up by name (each caller keeps it in a function-local static).
-template <class Signature>
-c10::TypedOperatorHandle<Signature> typed_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
 }
 
 using Ternary = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&);

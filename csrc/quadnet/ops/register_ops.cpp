@@ -1,15 +1,16 @@
 // The one place where quadnet's ops are declared to the dispatcher (torch.ops.quadnet.*), as
 // PyTorch 2.x expects of custom ops: the schema in TORCH_LIBRARY, kernels per dispatch key.
 //
-// quadratic_form and the forward/backward ops it is built from have
+// quadratic_form, quadratic_features and the forward/backward ops they are built from have
 //   CompositeExplicitAutograd  the ATen composition (CPU, CUDA, any device ATen runs on),
 //   Meta                       output shapes only (FakeTensor: torch.compile, torch.export;
 //                              symbolic sizes included),
-//   Autograd                   quadratic_form: the hand-written backward (an autograd node that
-//                              calls the other two below autograd); _quadratic_form_forward and
-//                              _quadratic_form_backward: their formulas as differentiable ATen ops
-//                              when their own inputs need gradients (double backward, direct calls).
-// The other ops are short ATen compositions: CompositeImplicitAutograd (autograd, devices and
+//   Autograd                   quadratic_form / quadratic_features: the hand-written backward (an
+//                              autograd node that calls the forward and backward ops below
+//                              autograd); _quadratic_form_forward and the _backward ops: their
+//                              formulas as differentiable ATen ops when their own inputs need
+//                              gradients (double backward, direct calls).
+// The other ops (the convolutions included: conv2d + quadratic_features) are short compositions: CompositeImplicitAutograd (autograd, devices and
 // tracing come from the ATen ops they call).
 #include <torch/library.h>
 
@@ -21,6 +22,14 @@ TORCH_LIBRARY(quadnet, m) {
   m.def("_quadratic_form_backward(Tensor grad, Tensor h, Tensor z) -> (Tensor grad_h, Tensor grad_S)");
   m.def("diagonal_quadratic_form(Tensor x, Tensor weight, Tensor alpha) -> Tensor",
         TORCH_FN(quadnet::ops::diagonal_quadratic_form_composite));
+  m.def("quadratic_features(Tensor h, Tensor S) -> Tensor");
+  m.def("_quadratic_features_backward(Tensor grad, Tensor h, Tensor S) -> (Tensor grad_h, Tensor grad_S)");
+  m.def("quadratic_conv2d(Tensor x, Tensor weight, Tensor S, int[2] stride=1, int[2] padding=0, int[2] dilation=1) "
+        "-> Tensor",
+        TORCH_FN(quadnet::ops::quadratic_conv2d_composite));
+  m.def("diagonal_quadratic_conv2d(Tensor x, Tensor weight, Tensor alpha, int[2] stride=1, int[2] padding=0, "
+        "int[2] dilation=1) -> Tensor",
+        TORCH_FN(quadnet::ops::diagonal_quadratic_conv2d_composite));
   m.def("canonical_gradient(Tensor X, Tensor G) -> Tensor", TORCH_FN(quadnet::ops::canonical_gradient_composite));
   m.def("canonical_form(Tensor weight, Tensor S) -> Tensor", TORCH_FN(quadnet::ops::canonical_form_composite));
   m.def("diagonal_canonical_form(Tensor weight, Tensor alpha) -> Tensor",
@@ -31,16 +40,29 @@ TORCH_LIBRARY_IMPL(quadnet, CompositeExplicitAutograd, m) {
   m.impl("quadratic_form", TORCH_FN(quadnet::ops::quadratic_form_composite));
   m.impl("_quadratic_form_forward", TORCH_FN(quadnet::ops::quadratic_form_forward_composite));
   m.impl("_quadratic_form_backward", TORCH_FN(quadnet::ops::quadratic_form_backward_composite));
+  m.impl("quadratic_features", TORCH_FN(quadnet::ops::quadratic_features_composite));
+  m.impl("_quadratic_features_backward", TORCH_FN(quadnet::ops::quadratic_features_backward_composite));
+}
+
+// quadratic_features' CPU kernels: the same formulas, tiled so the per-vector products stay in
+// cache (ops/quadratic_conv.cpp); other devices use the composite kernels.
+TORCH_LIBRARY_IMPL(quadnet, CPU, m) {
+  m.impl("quadratic_features", TORCH_FN(quadnet::ops::quadratic_features_cpu));
+  m.impl("_quadratic_features_backward", TORCH_FN(quadnet::ops::quadratic_features_backward_cpu));
 }
 
 TORCH_LIBRARY_IMPL(quadnet, Meta, m) {
   m.impl("quadratic_form", TORCH_FN(quadnet::ops::quadratic_form_meta));
   m.impl("_quadratic_form_forward", TORCH_FN(quadnet::ops::quadratic_form_forward_meta));
   m.impl("_quadratic_form_backward", TORCH_FN(quadnet::ops::quadratic_form_backward_meta));
+  m.impl("quadratic_features", TORCH_FN(quadnet::ops::quadratic_features_meta));
+  m.impl("_quadratic_features_backward", TORCH_FN(quadnet::ops::quadratic_features_backward_meta));
 }
 
 TORCH_LIBRARY_IMPL(quadnet, Autograd, m) {
   m.impl("quadratic_form", TORCH_FN(quadnet::ops::quadratic_form_autograd));
   m.impl("_quadratic_form_forward", TORCH_FN(quadnet::ops::quadratic_form_forward_autograd));
   m.impl("_quadratic_form_backward", TORCH_FN(quadnet::ops::quadratic_form_backward_autograd));
+  m.impl("quadratic_features", TORCH_FN(quadnet::ops::quadratic_features_autograd));
+  m.impl("_quadratic_features_backward", TORCH_FN(quadnet::ops::quadratic_features_backward_autograd));
 }

@@ -4,6 +4,7 @@
 
 #include <torch/types.h>
 
+#include "../nn/quadratic_conv.h"
 #include "../utils/symmetric.h"
 #include "detail.h"
 
@@ -202,6 +203,12 @@ GLRAMSGD::GLRAMSGD(torch::nn::Module& model, std::vector<torch::optim::Optimizer
       TORCH_CHECK(weight != group_of.end() && S != group_of.end() && weight->second == S->second,
                   "GLRAMSGD: a QuadraticLayer's weight and S must be in the same param group");
       layers_.push_back(layer);
+    } else if (auto conv = std::dynamic_pointer_cast<nn::QuadraticConv2dImpl>(module)) {
+      // Not projected: plain SGD in its place would be a silent substitute.
+      TORCH_CHECK(!group_of.count(conv->weight.unsafeGetTensorImpl()) && !group_of.count(conv->S.unsafeGetTensorImpl()),
+                  "GLRAMSGD: the model's QuadraticConv2d parameters are in the param groups, but GLRAMSGD does not "
+                  "project QuadraticConv2d (its canonical space is the patch space; see the docs); give that layer's "
+                  "parameters to another optimizer");
     }
   }
   for (auto& layer : layers_) layer->set_capture(true);  // only once every check passed

@@ -109,7 +109,8 @@ struct GLRAMSGDParamState : public torch::optim::OptimizerCloneableParamState<GL
 // layer's gradients were edited (captured_gradient_scale); a layer whose output got no
 // gradient, or whose parameters have no .grad, is left untouched. All other parameters get
 // SGD. A step that throws (non-finite result, gradients that do not match the captures)
-// leaves every parameter, state tensor and capture as it was.
+// leaves every parameter, state tensor and capture as it was. The constructor throws if a
+// QuadraticConv2d's parameters are in the groups (not projected; docs/quadratic_conv.rst).
 class GLRAMSGD : public torch::optim::Optimizer {
  public:
   GLRAMSGD(torch::nn::Module& model, GLRAMSGDOptions defaults);

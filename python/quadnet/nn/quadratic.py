@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from .. import _C
+from .conv import QuadraticConv2d, conv_to_diagonal
 
 __all__ = ["QuadraticLayer", "DiagonalQuadraticLayer", "to_diagonal"]
 
@@ -229,14 +230,21 @@ class DiagonalQuadraticLayer(torch.nn.Module):
                 f"rank={self.rank}, bias={self.bias is not None}")
 
 
-def to_diagonal(layer: QuadraticLayer) -> DiagonalQuadraticLayer:
+def to_diagonal(layer):
     r"""The constructive inclusion ``H_sym(d, r, n) ⊂ H_diag(d, r(r+1)/2, n)``.
 
     Returns a :class:`DiagonalQuadraticLayer` with ``r(r+1)/2`` neurons computing exactly what
     ``layer`` computes: neuron ``(i, j), j ≤ i`` has weight row ``w_i + w_j`` (the rank-1 basis
     ``(e_i + e_j)(e_i + e_j)^T`` of symmetric ``r×r`` matrices), and ``alpha`` holds each
     ``S_k``'s coordinates in that basis. Same dtype and device; bias copied.
+
+    A :class:`QuadraticConv2d` gives the :class:`DiagonalQuadraticConv2d` with ``r(r+1)/2``
+    channels built the same way from the flattened filters (same geometry).
     """
+    if isinstance(layer, QuadraticConv2d):
+        return conv_to_diagonal(layer)
+    if not isinstance(layer, QuadraticLayer):
+        raise TypeError(f"to_diagonal: expected a QuadraticLayer or QuadraticConv2d, got {type(layer).__name__}")
     r = layer.rank
     diagonal = DiagonalQuadraticLayer(layer.in_features, layer.out_features, r * (r + 1) // 2,
                                       bias=layer.bias is not None, device=layer.weight.device,

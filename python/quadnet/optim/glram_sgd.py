@@ -8,6 +8,7 @@ from torch.optim import Optimizer
 
 from .. import _C
 from ..linalg import DEFAULT_MAX_ITER, DEFAULT_SOLVER, DEFAULT_TOL, GLRAMResult
+from ..nn.conv import quadratic_conv_of
 from ..nn.quadratic import QuadraticLayer, quadratic_layer_of
 
 __all__ = ["GLRAMSGD"]
@@ -54,6 +55,8 @@ class GLRAMSGD(Optimizer):
             new ``weight`` / ``S``), and so does giving only the quadratic layers' parameters
             here and the rest to another optimizer. A layer's ``weight`` and ``S`` must be in
             the same param group (``ValueError`` otherwise: half a layer would get plain SGD).
+            Parameters of a :class:`~quadnet.nn.QuadraticConv2d` are refused (``ValueError``):
+            GLRAMSGD does not project convolutional layers (:doc:`/quadratic_conv`).
         lr: learning rate.
         momentum: momentum of the non-quadratic parameters (default 0).
         weight_decay: L2 penalty, on the canonical ``A_i`` for quadratic layers (default 0).
@@ -78,6 +81,7 @@ class GLRAMSGD(Optimizer):
             layers = list({id(layer): layer for layer in found if layer is not None}.values())
         self._layers = layers
         _check_layers_in_groups(layers, self.param_groups)
+        _refuse_convolutions(self.param_groups)
         for layer in layers:
             layer.set_capture(True)
         # When the optimizer is gone its layers stop capturing (other optimizers' uses remain).
@@ -102,6 +106,7 @@ class GLRAMSGD(Optimizer):
         super().add_param_group(param_group)
         try:
             _check_options(self.param_groups[-1])
+            _refuse_convolutions(self.param_groups[-1:])
         except ValueError:
             self.param_groups.pop()
             raise
@@ -135,6 +140,17 @@ class GLRAMSGD(Optimizer):
         self.last_projections = [GLRAMResult(r.weight, r.S, r.objective, r.iterations, r.converged)
                                  for r in projections]
         return loss
+
+
+def _refuse_convolutions(groups) -> None:
+    """QuadraticConv2d parameters are refused: GLRAMSGD does not project them, and plain SGD in
+    their place would be a silent substitute (docs/quadratic_conv.rst, "Projection")."""
+    for group in groups:
+        for p in group["params"]:
+            if quadratic_conv_of(p) is not None:
+                raise ValueError(f"GLRAMSGD: a parameter of shape {tuple(p.shape)} belongs to a QuadraticConv2d, "
+                                 "which GLRAMSGD does not project (its canonical space is the patch space; see the "
+                                 "docs); give that layer's parameters to another optimizer (e.g. torch.optim.Adam)")
 
 
 def _check_options(group: dict) -> None:
