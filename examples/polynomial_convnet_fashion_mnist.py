@@ -1,6 +1,6 @@
 """A deep polynomial convnet (no ReLU anywhere) against a ReLU CNN of the same size, on Fashion-MNIST.
 
-    .venv/bin/python examples/polynomial_convnet_fashion_mnist.py [--epochs 8] [--search-epochs 2] [--out results/polynomial_convnet_fmnist]
+    .venv/bin/python examples/polynomial_convnet_fashion_mnist.py [--epochs 10] [--search-epochs 2] [--out results/polynomial_convnet_fmnist]
 
 Models, both fed standardised 28×28 pixels:
 
@@ -139,7 +139,7 @@ def plot(runs, path):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--search-epochs", type=int, default=2)
     parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3])
     parser.add_argument("--batch", type=int, default=128)

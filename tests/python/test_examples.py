@@ -35,3 +35,17 @@ def test_memory_wall_runs_and_measures(tmp_path):
     assert results["dense_projection_peak_extra_MB"] > results["canonical_float64_MB"]
     glram = results["runs"][0]
     assert glram["peak_extra_MB_over_run"] < 50  # the factored step never holds the n·d² entries
+
+
+def test_polynomial_convnet_example_runs_exports_and_classifies_in_cpp(tmp_path, quadnet_app):
+    run_example("polynomial_convnet_fashion_mnist.py", "--train-size", "4096", "--epochs", "1", "--search-epochs",
+                "1", "--lrs", "0.002", "--out", str(tmp_path))
+    results = json.load(open(tmp_path / "results.json"))
+    runs = results["runs"]
+    assert set(runs) == {"polynomial", "ReLU CNN"} and os.path.getsize(tmp_path / "curves.png") > 0
+    poly, relu = runs["polynomial"], runs["ReLU CNN"]
+    assert abs(poly["parameters"] - relu["parameters"]) < 0.02 * poly["parameters"]  # same size
+    assert poly["final_test_accuracy"] > 0.6 and relu["final_test_accuracy"] > 0.6  # 32 steps learn something
+    cpp = results["cpp_check"]  # the exported polynomial convnet, classified by the C++ app
+    assert cpp is not None and cpp["images"] == 10000
+    assert cpp["identical_predictions"] == 10000
