@@ -20,11 +20,10 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from torch.utils.benchmark import Timer
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
 import quadnet  # noqa: E402
-from common import save_rows  # noqa: E402
+from common import save_rows, time_fwd_bwd  # noqa: E402
 
 # (batch, in_channels, height, width, out_channels, rank): the example size, and the two
 # layers of the Fashion-MNIST polynomial convnet (examples/polynomial_convnet_fashion_mnist.py).
@@ -55,19 +54,6 @@ def gemm_form(x, W, S, b):
     H = F.conv2d(x, W, padding=1).permute(0, 2, 3, 1)
     Z = (H @ sym(S).permute(1, 0, 2).reshape(r, n * r)).unflatten(-1, (n, r))
     return ((Z * H.unsqueeze(-2)).sum(-1) + b).permute(0, 3, 1, 2)
-
-
-def time_fwd_bwd(fn, inputs, grad):
-    def step():
-        for t in inputs:
-            t.grad = None
-        fn(*inputs).backward(grad)
-        if grad.is_cuda:
-            torch.cuda.synchronize()
-    step()  # warm-up (and compilation, for compiled functions)
-    step()
-    timer = Timer("step()", globals={"step": step}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=1.0).median
 
 
 def main():

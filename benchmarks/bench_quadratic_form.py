@@ -17,11 +17,10 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from torch.utils.benchmark import Timer
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
 import quadnet  # noqa: E402
-from common import save_rows  # noqa: E402
+from common import save_rows, time_fwd_bwd  # noqa: E402
 
 SHAPES = [(64, 64, 8, 8), (256, 784, 32, 10), (1024, 256, 64, 64), (512, 900, 16, 100)]
 
@@ -48,19 +47,6 @@ def gemm_form(x, W, S):
 
 def bilinear(x, A):
     return F.bilinear(x, x, A)
-
-
-def time_fwd_bwd(fn, inputs, grad):
-    def step():
-        for t in inputs:
-            t.grad = None
-        fn(*inputs).backward(grad)
-        if grad.is_cuda:
-            torch.cuda.synchronize()
-    step()  # warm-up (and compilation, for compiled functions)
-    step()
-    timer = Timer("step()", globals={"step": step}, num_threads=torch.get_num_threads())
-    return timer.blocked_autorange(min_run_time=1.0).median
 
 
 # nn.Bilinear costs ~3·B·n·d² flops a step: time it on at most this many flops and scale.

@@ -3,6 +3,7 @@ import json
 import os
 
 import torch
+from torch.utils.benchmark import Timer
 
 
 def save_rows(path, rows, **extra):
@@ -12,3 +13,17 @@ def save_rows(path, rows, **extra):
         json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), **extra, "rows": rows},
                   f, indent=2)
     print(f"saved {path}")
+
+
+def time_fwd_bwd(fn, inputs, grad):
+    """Median seconds of fn(*inputs).backward(grad), after two warm-up calls (compilation too)."""
+    def step():
+        for t in inputs:
+            t.grad = None
+        fn(*inputs).backward(grad)
+        if grad.is_cuda:
+            torch.cuda.synchronize()
+    step()  # warm-up (and compilation, for compiled functions)
+    step()
+    timer = Timer("step()", globals={"step": step}, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=1.0).median

@@ -4,10 +4,13 @@
 
 #include "../ops/quadratic_conv.h"
 #include "../ops/quadratic_form.h"
+#include "detail.h"
 #include "quadratic_layer.h"
 
 namespace quadnet {
 namespace nn {
+
+using detail::register_bias;
 
 namespace {
 void check_options(const char* module, const QuadraticConv2dOptions& o) {
@@ -31,11 +34,6 @@ void print_options(std::ostream& stream, const char* module, const QuadraticConv
 // Bias (n) added over the channel dim of (N, n, H, W) or (n, H, W).
 torch::Tensor add_channel_bias(torch::Tensor y, const torch::Tensor& bias) {
   return bias.defined() ? y + bias.view({-1, 1, 1}) : y;
-}
-
-torch::Tensor register_bias(torch::nn::Module& module, bool enabled, int64_t channels) {
-  if (enabled) return module.register_parameter("bias", torch::empty({channels}));
-  return module.register_parameter("bias", torch::Tensor(), /*requires_grad=*/false);
 }
 
 std::vector<int64_t> filter_shape(const QuadraticConv2dOptions& o, int64_t rank) {
