@@ -127,7 +127,8 @@ def assert_step_matches_dense(weight, S, X, G, max_iter, solver):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("B, d", [(5, 40), (30, 80), (3, 12), (20, 12), (40, 12)])  # B < d and B ≥ d
-@pytest.mark.parametrize("n", [1, 4])
+# n = 2 and 4 against r = 3: the factored Rayleigh–Ritz step's two forms of the sample terms
+@pytest.mark.parametrize("n", [1, 2, 4])
 @pytest.mark.parametrize("max_iter", [3, 10000])
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_factored_step_matches_dense(B, d, n, max_iter, solver, device):
