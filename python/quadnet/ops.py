@@ -10,8 +10,15 @@ __all__ = ["quadratic_form", "diagonal_quadratic_form", "canonical_form", "diago
 _Pair = Union[int, Tuple[int, int]]
 
 
-def _pair(value: _Pair) -> Tuple[int, int]:
-    return (value, value) if isinstance(value, int) else tuple(value)
+def _pair(value: _Pair, name: str) -> Tuple[int, int]:
+    """``(value, value)`` for an int, ``value`` as a tuple for a pair; else a ValueError naming ``name``."""
+    if isinstance(value, int):
+        return (value, value)
+    try:
+        first, second = value
+        return (int(first), int(second))
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}") from None
 
 
 def quadratic_form(x: Tensor, weight: Tensor, S: Tensor) -> Tensor:
@@ -60,12 +67,15 @@ def quadratic_conv2d(x: Tensor, weight: Tensor, S: Tensor, stride: _Pair = 1, pa
     ``(N, n, H', W')`` (or ``(n, H', W')``), ``H'``, ``W'`` as for ``conv2d``. The output is
     channels-last in memory. Differentiable twice.
     """
-    return torch.ops.quadnet.quadratic_conv2d(x, weight, S, _pair(stride), _pair(padding), _pair(dilation))
+    return torch.ops.quadnet.quadratic_conv2d(x, weight, S, _pair(stride, "quadratic_conv2d: stride"),
+                                              _pair(padding, "quadratic_conv2d: padding"),
+                                              _pair(dilation, "quadratic_conv2d: dilation"))
 
 
 def diagonal_quadratic_conv2d(x: Tensor, weight: Tensor, alpha: Tensor, stride: _Pair = 1, padding: _Pair = 0,
                               dilation: _Pair = 1) -> Tensor:
     r"""``y_i(p) = Σ_j alpha_ij h_j(p)^2`` with ``h = conv2d(x, weight, ...)``: ``weight (m, C, kh, kw)``,
     ``alpha (n, m)``; shapes otherwise as :func:`quadratic_conv2d`."""
-    return torch.ops.quadnet.diagonal_quadratic_conv2d(x, weight, alpha, _pair(stride), _pair(padding),
-                                                       _pair(dilation))
+    return torch.ops.quadnet.diagonal_quadratic_conv2d(
+        x, weight, alpha, _pair(stride, "diagonal_quadratic_conv2d: stride"),
+        _pair(padding, "diagonal_quadratic_conv2d: padding"), _pair(dilation, "diagonal_quadratic_conv2d: dilation"))

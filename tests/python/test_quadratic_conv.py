@@ -246,11 +246,21 @@ def test_to_diagonal_computes_the_same_function():
     ({"in_channels": 0}, "in_channels, out_channels and rank must be positive"),
     ({"kernel_size": 0}, "kernel_size, stride and dilation must be positive"),
     ({"padding": -1}, "padding non-negative"),
+    ({"kernel_size": (3, 3, 3)}, r"QuadraticConv2d: kernel_size must be an int or a pair of ints, got \(3, 3, 3\)"),
+    ({"stride": "2"}, r"QuadraticConv2d: stride must be an int or a pair of ints, got '2'"),
 ])
 def test_module_bad_options(kwargs, message):
     args = {"in_channels": 2, "out_channels": 3, "kernel_size": 3, "rank": 2, **kwargs}
     with pytest.raises(ValueError, match=message):
         QuadraticConv2d(**args)
+
+
+def test_functional_conv_rejects_a_geometry_that_is_not_a_pair():
+    x, weight, S = torch.randn(1, 2, 5, 5), torch.randn(3, 2, 3, 3), torch.randn(4, 3, 3)
+    with pytest.raises(ValueError, match=r"quadratic_conv2d: padding must be an int or a pair of ints, got \[1\]"):
+        quadnet.ops.quadratic_conv2d(x, weight, S, padding=[1])
+    with pytest.raises(ValueError, match=r"diagonal_quadratic_conv2d: dilation must be an int or a pair"):
+        quadnet.ops.diagonal_quadratic_conv2d(x, weight, torch.randn(4, 3), dilation=(1, 1, 1))
 
 
 def test_polynomial_conv_block():

@@ -1,30 +1,25 @@
 """Convolutional quadratic layers and the polynomial conv block (docs/quadratic_conv.rst)."""
-import weakref
 from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .. import _C
+from ..ops import _pair
+from ._registry import ParameterRegistry
 
 __all__ = ["QuadraticConv2d", "DiagonalQuadraticConv2d", "PolynomialConvBlock"]
 
-# id of a QuadraticConv2d's weight or S Parameter -> the layer, so GLRAMSGD, given plain
-# parameters, can refuse them (it does not project convolutional layers); as the registry of
-# quadratic.py (same identity check against reused addresses).
-_CONV_OF_PARAM: "weakref.WeakValueDictionary[int, QuadraticConv2d]" = weakref.WeakValueDictionary()
+# So GLRAMSGD, given plain parameters, can refuse these layers (it does not project them).
+_CONVS = ParameterRegistry()
 
 
 def quadratic_conv_of(param: Tensor) -> Optional["QuadraticConv2d"]:
     """The :class:`QuadraticConv2d` whose ``weight`` or ``S`` is ``param``, or ``None``."""
-    layer = _CONV_OF_PARAM.get(id(param))
-    return layer if layer is not None and (layer.weight is param or layer.S is param) else None
+    return _CONVS.layer_of(param)
+
 
 _Size2 = Union[int, Tuple[int, int]]
-
-
-def _pair(value: _Size2) -> Tuple[int, int]:
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
 class _QuadraticConvBase(torch.nn.Module):
@@ -45,7 +40,8 @@ class _QuadraticConvBase(torch.nn.Module):
         if min(in_channels, out_channels, rank) <= 0:
             raise ValueError(f"{name}: in_channels, out_channels and rank must be positive, got "
                              f"in_channels={in_channels}, out_channels={out_channels}, rank={rank}")
-        kernel_size, stride, padding, dilation = map(_pair, (kernel_size, stride, padding, dilation))
+        kernel_size, stride, padding, dilation = (_pair(value, f"{name}: {arg}") for arg, value in (
+            ("kernel_size", kernel_size), ("stride", stride), ("padding", padding), ("dilation", dilation)))
         if min(kernel_size + stride + dilation) <= 0 or min(padding) < 0:
             raise ValueError(f"{name}: kernel_size, stride and dilation must be positive and padding non-negative, "
                              f"got kernel_size={kernel_size}, stride={stride}, padding={padding}, dilation={dilation}")
@@ -115,14 +111,12 @@ class QuadraticConv2d(_QuadraticConvBase):
     @torch.jit.unused
     def __setattr__(self, name: str, value) -> None:
         super().__setattr__(name, value)
-        if name in ("weight", "S") and isinstance(value, torch.nn.Parameter):
-            _CONV_OF_PARAM[id(value)] = self
+        _CONVS.track(self, name, value)
 
     @torch.jit.unused
     def __setstate__(self, state) -> None:
         super().__setstate__(state)
-        _CONV_OF_PARAM[id(self.weight)] = self
-        _CONV_OF_PARAM[id(self.S)] = self
+        _CONVS.track_all(self)
 
     def reset_parameters(self) -> None:
         """The C++ module's initialisation (``quadnet::nn::init::quadratic_layer_``, fan-in ``C·kh·kw``)."""
@@ -252,7 +246,8 @@ class PolynomialConvBlock(torch.nn.Module):
         super().__init__()
         if pool < 1:
             raise ValueError(f"PolynomialConvBlock: pool must be >= 1 (1: no pooling), got {pool}")
-        k, p, dl = _pair(kernel_size), _pair(padding), _pair(dilation)
+        k, p, dl = (_pair(value, f"PolynomialConvBlock: {arg}") for arg, value in (
+            ("kernel_size", kernel_size), ("padding", padding), ("dilation", dilation)))
         if skip and any(2 * p[i] != dl[i] * (k[i] - 1) for i in range(2)):
             raise ValueError("PolynomialConvBlock: the 1x1 skip needs the quadratic convolution to keep the input's "
                              "size, i.e. padding = dilation * (kernel_size - 1) / 2 (odd kernel sizes), got "

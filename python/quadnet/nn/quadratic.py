@@ -6,20 +6,18 @@ import torch
 from torch import Tensor
 
 from .. import _C
+from ._registry import ParameterRegistry
 from .conv import QuadraticConv2d, conv_to_diagonal
 
 __all__ = ["QuadraticLayer", "DiagonalQuadraticLayer", "to_diagonal"]
 
-# id of a layer's weight or S Parameter -> the layer, so optimizers given plain parameters
-# find the layers. Entries die with their layer; a stale id (a reused address) is rejected by
-# the identity check in quadratic_layer_of.
-_LAYER_OF_PARAM: "weakref.WeakValueDictionary[int, QuadraticLayer]" = weakref.WeakValueDictionary()
+# So optimizers given plain parameters find the layers.
+_LAYERS = ParameterRegistry()
 
 
 def quadratic_layer_of(param: Tensor) -> Optional["QuadraticLayer"]:
     """The :class:`QuadraticLayer` whose ``weight`` or ``S`` is ``param``, or ``None``."""
-    layer = _LAYER_OF_PARAM.get(id(param))
-    return layer if layer is not None and (layer.weight is param or layer.S is param) else None
+    return _LAYERS.layer_of(param)
 
 
 class QuadraticLayer(torch.nn.Module):
@@ -80,14 +78,12 @@ class QuadraticLayer(torch.nn.Module):
     @torch.jit.unused
     def __setattr__(self, name: str, value) -> None:
         super().__setattr__(name, value)
-        if name in ("weight", "S") and isinstance(value, torch.nn.Parameter):
-            _LAYER_OF_PARAM[id(value)] = self
+        _LAYERS.track(self, name, value)
 
     @torch.jit.unused
     def __setstate__(self, state) -> None:
         super().__setstate__(state)
-        _LAYER_OF_PARAM[id(self.weight)] = self
-        _LAYER_OF_PARAM[id(self.S)] = self
+        _LAYERS.track_all(self)
         self._reset_capture()  # a copy has no optimizer yet: it must not capture for the original's
 
     def reset_parameters(self) -> None:
