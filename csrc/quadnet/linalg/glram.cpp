@@ -542,18 +542,21 @@ GLRAMResult projected_step(const at::Tensor& weight, const at::Tensor& S, const 
 
   auto W64 = weight.to(at::kDouble), X64 = X.to(at::kDouble), G64 = G.to(at::kDouble);
   auto S64 = symmetric_part(S.to(at::kDouble));
-  const auto k = r + X.size(0);
-  if (k >= d) {  // the factored form brings nothing: materialise A
-    auto A = canonical_form(W64, S64) - canonical_gradient(X64, G64) * lr;
-    return cast_result(glram_float64(A, r, orthonormal_rows(W64), options), weight);
-  }
+  const auto B = X.size(0), k = r + B;
   const bool exact = exact_solver(options) || n == 1;
-  if (!exact) {
-    auto V0 = orthonormal_rows(W64);
-    if (V0.defined()) {
+  // Rayleigh–Ritz applies the A_i through their factors: worth it when the factors are smaller
+  // than A (k < d), and also when they are not but the B×B Gram matrix it needs once costs less
+  // than materialising the n canonical gradients (B·B·d against n·B·d·d multiply-adds: B < n·d,
+  // e.g. the demo network's second layer, d = 128, n = 10, B = 128).
+  if (!exact && (k < d || B < n * d)) {
+    if (auto V0 = orthonormal_rows(W64); V0.defined()) {
       LowRankMatrices problem(W64, S64, X64, G64, lr);
       if (problem.well_conditioned()) return cast_result(rayleigh_ritz(problem, V0, options), weight);
     }
+  }
+  if (k >= d) {  // the k×k cores bring nothing: materialise A
+    auto A = canonical_form(W64, S64) - canonical_gradient(X64, G64) * lr;
+    return cast_result(glram_float64(A, r, orthonormal_rows(W64), options), weight);
   }
   // Otherwise the k×k cores: the exact solver, one output, and the Rayleigh–Ritz solver without
   // a warm start (weight of rank < r: the classic start needs the cores) or with nearly
