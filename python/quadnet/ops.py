@@ -1,4 +1,5 @@
 """Functional form of quadnet's ops (C++ kernels, registered as ``torch.ops.quadnet.*``)."""
+import operator
 from typing import Tuple, Union
 
 import torch
@@ -11,12 +12,15 @@ _Pair = Union[int, Tuple[int, int]]
 
 
 def _pair(value: _Pair, name: str) -> Tuple[int, int]:
-    """``(value, value)`` for an int, ``value`` as a tuple for a pair; else a ValueError naming ``name``."""
-    if isinstance(value, int):
-        return (value, value)
+    """``(value, value)`` for an integer, ``value`` as a tuple for a pair of integers; else a
+    ValueError naming ``name`` (no silent truncation of floats or of longer sequences)."""
+    try:
+        return (operator.index(value),) * 2
+    except TypeError:
+        pass
     try:
         first, second = value
-        return (int(first), int(second))
+        return (operator.index(first), operator.index(second))
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}") from None
 

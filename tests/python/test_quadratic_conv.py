@@ -248,6 +248,9 @@ def test_to_diagonal_computes_the_same_function():
     ({"padding": -1}, "padding non-negative"),
     ({"kernel_size": (3, 3, 3)}, r"QuadraticConv2d: kernel_size must be an int or a pair of ints, got \(3, 3, 3\)"),
     ({"stride": "2"}, r"QuadraticConv2d: stride must be an int or a pair of ints, got '2'"),
+    ({"stride": "22"}, r"QuadraticConv2d: stride must be an int or a pair of ints, got '22'"),
+    ({"padding": (1.5, 1)}, r"QuadraticConv2d: padding must be an int or a pair of ints, got \(1.5, 1\)"),
+    ({"dilation": 2.0}, r"QuadraticConv2d: dilation must be an int or a pair of ints, got 2.0"),
 ])
 def test_module_bad_options(kwargs, message):
     args = {"in_channels": 2, "out_channels": 3, "kernel_size": 3, "rank": 2, **kwargs}
