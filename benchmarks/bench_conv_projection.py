@@ -9,8 +9,8 @@ takes its dense route (k ≥ d): the n canonical matrices A_i − lr·Σ_p G[p, 
 patch space (d = C·kh·kw), then GLRAM on them. This script measures, with that library function:
 
 1. cost: one projected step against the layer's forward+backward, at the first layer of the
-   Fashion-MNIST polynomial convnet (C = 1, d = 9) and at a middle layer (C = 32, d = 288; the
-   step is timed on a batch slice and scaled: its canonical gradient is linear in the pixels);
+   Fashion-MNIST polynomial convnet (C = 1, d = 9) and at a middle layer (C = 32, d = 288), each
+   on its whole batch;
 2. accuracy per step, where the step is affordable (C = 1): a one-layer model
    QuadraticConv2d(1, 32, 3, rank 8) → BatchNorm2d → 2×2 average pooling → Linear on
    Fashion-MNIST, the quadratic convolution trained by projected SGD (the rest by SGD with
@@ -33,7 +33,8 @@ import quadnet  # noqa: E402
 from common import save_rows  # noqa: E402
 
 # (label, batch, in_channels, size, out_channels, rank, batch slice timed for the projection)
-COST_SHAPES = [("first layer", 128, 1, 28, 32, 8, 128), ("middle layer", 32, 32, 28, 64, 16, 2)]
+# (the whole batch: a slice small enough for B² ≤ n·d² would take the factored route instead)
+COST_SHAPES = [("first layer", 128, 1, 28, 32, 8, 128), ("middle layer", 32, 32, 28, 64, 16, 32)]
 
 
 def conv_projected_step(layer, x, G, lr, max_iter=3):
@@ -81,15 +82,6 @@ def measure_cost():
         print(f"{label:>14} {f'{N},{C},{size}x{size}->{n}, {r}':>22} {d:>5} {fwd_bwd * 1e3:11.1f} "
               f"{scaled + f'{step * 1e3:.0f}':>18} {step / fwd_bwd:6.0f}x", flush=True)
     return rows
-
-
-class Pixels(torch.nn.Module):
-    def __init__(self, mean, std):
-        super().__init__()
-        self.mean, self.std = mean, std
-
-    def forward(self, x):
-        return ((x - self.mean) / self.std).view(-1, 1, 28, 28)
 
 
 def one_layer_model(pixels):
@@ -148,7 +140,7 @@ def measure_accuracy(steps):
     x, y = fashion_mnist.load("train")
     xte, yte = fashion_mnist.load("test")
     xtr, ytr, xval, yval = x[:-5000], y[:-5000], x[-5000:], y[-5000:]
-    data = (xtr, ytr, xval, yval, xte, yte, Pixels(float(xtr.mean()), float(xtr.std())))
+    data = (xtr, ytr, xval, yval, xte, yte, fashion_mnist.Pixels(float(xtr.mean()), float(xtr.std())))
     grids = {"projected": [0.01, 0.1], "SGD": [0.01, 0.1], "Adam": [1e-3, 3e-3]}
     rows = []
     for method, grid in grids.items():

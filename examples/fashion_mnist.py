@@ -23,3 +23,16 @@ def load(split="train"):
     labels = _read_idx(os.path.join(ROOT, f"{prefix}-labels-idx1-ubyte.gz"))
     x = torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255.0)
     return x, torch.from_numpy(labels.astype(np.int64))
+
+
+class Pixels(torch.nn.Module):
+    """(N, 784) pixels in [0, 1] -> standardised (N, 1, 28, 28) images; mean and std are buffers, so
+    the standardisation is part of a saved or exported model."""
+
+    def __init__(self, mean: float, std: float):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean))
+        self.register_buffer("std", torch.tensor(std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ((x - self.mean) / self.std).view(-1, 1, 28, 28)

@@ -33,21 +33,10 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "python"))
 import fashion_mnist  # noqa: E402
 import quadnet  # noqa: E402
+from fashion_mnist import Pixels  # noqa: E402
 from train_deep_polynomial_fashion_mnist import check_in_cpp, export_aoti  # noqa: E402
 
 TARGET_ACCURACY = 0.915
-
-
-class Pixels(torch.nn.Module):
-    """(N, 784) pixels in [0, 1] -> standardised (N, 1, 28, 28) images (part of the saved model)."""
-
-    def __init__(self, mean: float, std: float):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean))
-        self.register_buffer("std", torch.tensor(std))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ((x - self.mean) / self.std).view(-1, 1, 28, 28)
 
 
 def polynomial_net():

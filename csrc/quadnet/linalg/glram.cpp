@@ -545,10 +545,11 @@ GLRAMResult projected_step(const at::Tensor& weight, const at::Tensor& S, const 
   const auto B = X.size(0), k = r + B;
   const bool exact = exact_solver(options) || n == 1;
   // Rayleigh–Ritz applies the A_i through their factors: worth it when the factors are smaller
-  // than A (k < d), and also when they are not but the B×B Gram matrix it needs once costs less
-  // than materialising the n canonical gradients (B·B·d against n·B·d·d multiply-adds: B < n·d,
-  // e.g. the demo network's second layer, d = 128, n = 10, B = 128).
-  if (!exact && (k < d || B < n * d)) {
+  // than A (k < d), and also when they are not but the B×B Gram matrix it needs is no larger
+  // than the n canonical matrices (B² ≤ n·d², so also fewer flops: B²·d against n·B·d²), e.g.
+  // the demo network's second layer (d = 128, n = 10, B = 128). A convolution's batch of
+  // pixels (B in the tens of thousands) stays dense.
+  if (!exact && (k < d || B * B <= n * d * d)) {
     if (auto V0 = orthonormal_rows(W64); V0.defined()) {
       LowRankMatrices problem(W64, S64, X64, G64, lr);
       if (problem.well_conditioned()) return cast_result(rayleigh_ritz(problem, V0, options), weight);

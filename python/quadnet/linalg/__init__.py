@@ -71,9 +71,9 @@ def projected_step(weight: Tensor, S: Tensor, X: Tensor, G: Tensor, lr: float, *
     ``solver="rayleigh_ritz"`` (default) applies ``A_i`` through its factors, ``O(d·r·(r + B))``
     per iteration; ``solver="exact"`` runs the full GLRAM iteration on ``k×k`` cores
     (``k = rank + batch``) from a thin QR of ``[W^T | X^T]``, as does one output with either
-    solver. Dense when ``k ≥ d``, except with ``"rayleigh_ritz"`` when ``B < n·d`` (its ``B×B``
-    Gram matrix then costs less than the ``n`` canonical gradients). ``tol`` and ``max_iter`` as in
-    :func:`glram`.
+    solver. Dense when ``k ≥ d``, except with ``"rayleigh_ritz"`` when ``B² ≤ n·d²`` (its ``B×B``
+    Gram matrix is then no larger than the ``n`` canonical matrices). ``tol`` and ``max_iter`` as
+    in :func:`glram`.
 
     Shapes: ``weight (r, d)``, ``S (n, r, r)``, ``X (B, d)`` (the layer's inputs),
     ``G (B, n)`` (``∂ℓ/∂y``).
