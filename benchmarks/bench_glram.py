@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
 import quadnet  # noqa: E402
-from common import save_rows  # noqa: E402
+from common import median_time, save_rows  # noqa: E402
 from quadnet.linalg import glram, projected_step  # noqa: E402
 from quadnet.ops import canonical_form, canonical_gradient  # noqa: E402
 
@@ -170,16 +170,6 @@ def floor(B, d, r, n):
     C = torch.randn(d, k, dtype=torch.float64)
     M = C.T @ C
     return {"gram": median_time(lambda: C.T @ C, repeats=50), "eigh": median_time(torch.linalg.eigh, M, repeats=50)}
-
-
-def median_time(fn, *args, repeats=5, budget=20.0):
-    fn(*args)
-    times, start = [], time.perf_counter()
-    while len(times) < repeats and (time.perf_counter() - start) < budget:
-        t0 = time.perf_counter()
-        fn(*args)
-        times.append(time.perf_counter() - t0)
-    return median(times)
 
 
 def peak_extra_bytes(variant, shape):

@@ -1,6 +1,7 @@
 """Helpers shared by the benchmark scripts."""
 import json
 import os
+import time
 
 import torch
 from torch.utils.benchmark import Timer
@@ -27,3 +28,15 @@ def time_fwd_bwd(fn, inputs, grad):
     step()
     timer = Timer("step()", globals={"step": step}, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=1.0).median
+
+
+def median_time(fn, *args, repeats=5, budget=20.0):
+    """Median seconds of fn(*args) over `repeats` calls after one warm-up (fewer if they pass
+    `budget` seconds)."""
+    fn(*args)
+    times, start = [], time.perf_counter()
+    while len(times) < repeats and (time.perf_counter() - start) < budget:
+        t0 = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]

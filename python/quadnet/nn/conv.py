@@ -1,11 +1,11 @@
 """Convolutional quadratic layers and the polynomial conv block (docs/quadratic_conv.rst)."""
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .. import _C
-from ..ops import _pair
+from ..ops import _Pair, _pair
 from ._registry import ParameterRegistry
 
 __all__ = ["QuadraticConv2d", "DiagonalQuadraticConv2d", "PolynomialConvBlock"]
@@ -17,9 +17,6 @@ _CONVS = ParameterRegistry()
 def quadratic_conv_of(param: Tensor) -> Optional["QuadraticConv2d"]:
     """The :class:`QuadraticConv2d` whose ``weight`` or ``S`` is ``param``, or ``None``."""
     return _CONVS.layer_of(param)
-
-
-_Size2 = Union[int, Tuple[int, int]]
 
 
 class _QuadraticConvBase(torch.nn.Module):
@@ -35,8 +32,8 @@ class _QuadraticConvBase(torch.nn.Module):
     dilation: Tuple[int, int]
     bias: Optional[Tensor]
 
-    def _set_geometry(self, name: str, in_channels: int, out_channels: int, kernel_size: _Size2, rank: int,
-                      stride: _Size2, padding: _Size2, dilation: _Size2) -> None:
+    def _set_geometry(self, name: str, in_channels: int, out_channels: int, kernel_size: _Pair, rank: int,
+                      stride: _Pair, padding: _Pair, dilation: _Pair) -> None:
         if min(in_channels, out_channels, rank) <= 0:
             raise ValueError(f"{name}: in_channels, out_channels and rank must be positive, got "
                              f"in_channels={in_channels}, out_channels={out_channels}, rank={rank}")
@@ -94,8 +91,8 @@ class QuadraticConv2d(_QuadraticConvBase):
         torch.Size([8, 64, 28, 28])
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: _Size2, rank: int, stride: _Size2 = 1,
-                 padding: _Size2 = 0, dilation: _Size2 = 1, bias: bool = True, device=None, dtype=None) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: _Pair, rank: int, stride: _Pair = 1,
+                 padding: _Pair = 0, dilation: _Pair = 1, bias: bool = True, device=None, dtype=None) -> None:
         super().__init__()
         self._set_geometry("QuadraticConv2d", in_channels, out_channels, kernel_size, rank, stride, padding, dilation)
         factory = {"device": device, "dtype": dtype}
@@ -151,8 +148,8 @@ class DiagonalQuadraticConv2d(_QuadraticConvBase):
         bias: ``(out_channels)`` or ``None``.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: _Size2, rank: int, stride: _Size2 = 1,
-                 padding: _Size2 = 0, dilation: _Size2 = 1, bias: bool = True, device=None, dtype=None) -> None:
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: _Pair, rank: int, stride: _Pair = 1,
+                 padding: _Pair = 0, dilation: _Pair = 1, bias: bool = True, device=None, dtype=None) -> None:
         super().__init__()
         self._set_geometry("DiagonalQuadraticConv2d", in_channels, out_channels, kernel_size, rank, stride, padding,
                            dilation)
@@ -240,8 +237,8 @@ class PolynomialConvBlock(torch.nn.Module):
     rank: int
     __jit_unused_properties__ = ["degree"]
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: _Size2, rank: int, stride: _Size2 = 1,
-                 padding: _Size2 = 0, dilation: _Size2 = 1, skip: bool = True, bias: bool = True,
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: _Pair, rank: int, stride: _Pair = 1,
+                 padding: _Pair = 0, dilation: _Pair = 1, skip: bool = True, bias: bool = True,
                  norm: bool = False, pool: int = 1, device=None, dtype=None) -> None:
         super().__init__()
         if pool < 1:
