@@ -54,9 +54,11 @@ def glram(A: Tensor, rank: int, *, tol: float = DEFAULT_TOL, max_iter: int = DEF
         init: ``(rank, d)`` warm start (e.g. the current weight); ``None`` for the classic start
             (top eigenvectors of ``Σ_i A_i A_i``).
         solver: ``"rayleigh_ritz"`` (default): each iteration keeps the best ``rank``-dim
-            subspace of ``[V, M V]`` (a ``2·rank``-sized eigen-solve); ``"exact"``: the full
-            GLRAM iteration (a ``d×d`` eigen-solve). Same fixed points and monotone objective
-            (:doc:`/glram`, "Solvers"). One output is solved exactly either way.
+            subspace of ``[V, M V]`` (a ``2·rank``-sized eigen-solve), a block grown by
+            ``M² V, M³ V, …`` on large moves until the step is the exact one; ``"exact"``: the
+            full GLRAM iteration (a ``d×d`` eigen-solve). Same fixed points, monotone objective
+            and (measured) result (:doc:`/glram`, "Solvers"). One output is solved exactly
+            either way.
     """
     return _wrap(_C.linalg.glram(A, rank, tol, max_iter, init, solver))
 
@@ -68,9 +70,9 @@ def projected_step(weight: Tensor, S: Tensor, X: Tensor, G: Tensor, lr: float, *
 
     Returns the GLRAM projection of ``A_i = W^T sym(S_i) W − lr · X^T diag(G[:, i]) X``,
     warm-started from ``weight`` (the classic start if ``weight`` has rank ``< r``, e.g. zero).
-    ``solver="rayleigh_ritz"`` (default) applies ``A_i`` through its factors, ``O(d·r·(r + B))``
-    per iteration; ``solver="exact"`` runs the full GLRAM iteration on ``k×k`` cores
-    (``k = rank + batch``) from a thin QR of ``[W^T | X^T]``, as does one output with either
+    ``solver="rayleigh_ritz"`` (default) applies ``A_i`` through its factors (``k``-sized ones in
+    the coordinates of ``span[W^T | X^T]`` when ``k = rank + batch < d``); ``solver="exact"`` runs the full GLRAM iteration on ``k×k`` cores
+    from a thin QR of ``[W^T | X^T]``, as does one output with either
     solver. Dense when ``k ≥ d``, except with ``"rayleigh_ritz"`` when ``B² ≤ n·d²`` (its ``B×B``
     Gram matrix is then no larger than the ``n`` canonical matrices). ``tol`` and ``max_iter`` as
     in :func:`glram`.
