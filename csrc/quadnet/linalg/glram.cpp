@@ -635,8 +635,8 @@ GLRAMResult projected_step(const at::Tensor& weight, const at::Tensor& S, const 
           const auto& R = chol.first;
           LowRankMatrices problem(R.narrow(1, 0, r).t(), S64, R.narrow(1, r, B).t(), G64, lr, sum.first);
           auto result = rayleigh_ritz(problem, at::eye(k, r, T.options()), options);
-          auto C = at::cat({W64.t(), X64.t()}, 1);
-          result.weight = at::mm(C, at::mm(chol.second, result.weight.t())).t();
+          auto coordinates = at::mm(chol.second, result.weight.t());  // V = [W^T | X^T] R^{-1} V'
+          result.weight = at::addmm(at::mm(X64.t(), coordinates.narrow(0, r, B)), W64.t(), coordinates.narrow(0, 0, r)).t();
           return cast_result(result, weight);
         }
       }
