@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -63,10 +64,15 @@ std::pair<at::Tensor, at::Tensor> cholesky_qr(const at::Tensor& T) {
 // Orthonormal basis of the row space of a warm-start weight (r × d), or undefined if the
 // weight is numerically rank deficient (then the classic start is better). CholeskyQR (one
 // r×r Gram matrix) when the rows are well conditioned, as a trained weight's are; else
-// Householder QR.
+// Householder QR. The CholeskyQR basis is checked itself (d·r² flops): cholesky_qr's check is
+// against the rounded Gram matrix, which no longer holds a direction the rows span only by
+// ~1e-8 of their size (nearly dependent rows), so it can pass on a basis that misses it.
 at::Tensor orthonormal_rows(const at::Tensor& weight) {
-  auto fast = cholesky_qr(at::mm(weight, weight.t()));
-  if (fast.second.defined()) return at::mm(weight.t(), fast.second);
+  if (auto fast = cholesky_qr(at::mm(weight, weight.t())); fast.second.defined()) {
+    auto Q = at::mm(weight.t(), fast.second);
+    const auto eye = at::eye(weight.size(0), weight.options());
+    if ((at::mm(Q.t(), Q) - eye).abs().max().item<double>() <= kMaxBasisDrift) return Q;
+  }
   auto qr = at::linalg_qr(weight.t(), "reduced");
   auto diag = std::get<1>(qr).diagonal().abs();
   const double largest = diag.max().item<double>();
@@ -548,6 +554,47 @@ void check_rank(const char* op, int64_t rank, int64_t d) {
   TORCH_CHECK(rank >= 1 && rank <= d, op, ": rank must be in [1, ", d, "] (the matrix size), got ", rank);
 }
 
+// The Rayleigh–Ritz projected step in the k coordinates of span[W^T | X^T] (k = r + B < d),
+// which holds V and every A_i U: with R the Cholesky factor of the Gram matrix T of
+// C = [W^T | X^T] and Q = C R^{-1}, A_i = Q K_i Q^T with K_i = R1 S_i R1^T − lr R2 diag(g_i) R2^T
+// (R1, R2: the columns of R for W^T and X^T) — the same factored form with k-sized factors, so
+// each block costs O(k²·r) instead of O(d·k·r), and V = Q V' is formed once, at the end.
+// Q is orthonormal only as far as R is accurate (cond(C)² · eps). Instead of checking all of Q
+// (two k³ GEMMs, ~20% of a training projection) the two things that depend on it are: the warm
+// start (its first r columns, W^T R11^{-1}, checked on the r×r block) and the result (rows of
+// V orthonormal, and the cores V^T A_i V recomputed through the d-sized factors, `in_space`,
+// equal to the k-coordinate ones), all to kMaxBasisDrift. Empty when T has no Cholesky factor
+// or a check fails (the caller then solves in R^d).
+std::optional<GLRAMResult> rayleigh_ritz_in_span(const LowRankMatrices& in_space, const at::Tensor& W, const at::Tensor& X,
+                                                 const at::Tensor& T11, const at::Tensor& T12, const at::Tensor& T22,
+                                                 const at::Tensor& S, const at::Tensor& G, double lr, double total,
+                                                 const GLRAMOptions& options) {
+  const auto r = W.size(0), B = X.size(0), k = r + B;
+  auto T = at::cat({at::cat({T11, T12}, 1), at::cat({T12.t(), T22}, 1)}, 0);
+  auto chol = at::linalg_cholesky_ex(T, /*upper=*/true);
+  if (std::get<1>(chol).item<int64_t>() != 0) return std::nullopt;
+  const auto& R = std::get<0>(chol);
+  // The warm start W^T R11^{-1} (R11 = R's leading r×r block, the Cholesky factor of W W^T)
+  // must be orthonormal, checked as orthonormal_rows checks its basis.
+  const auto eye = at::eye(r, T.options());
+  auto start_rows = at::linalg_solve_triangular(R.narrow(0, 0, r).narrow(1, 0, r).t(), W, /*upper=*/false);  // R11^{-T} W
+  if (!((at::mm(start_rows, start_rows.t()) - eye).abs().max().item<double>() <= kMaxBasisDrift)) return std::nullopt;
+  LowRankMatrices in_span(R.narrow(1, 0, r).t(), S, R.narrow(1, r, B).t(), G, lr, total);
+  // The warm start: span W^T = Q span R1 = Q span[e_1 … e_r] (R upper triangular).
+  auto result = rayleigh_ritz(in_span, at::eye(k, r, T.options()), options);
+  // V^T = V'^T R^{-T} C^T = Z_W^T W + Z_X^T X with Z = R^{-1} V'.
+  auto Z = at::linalg_solve_triangular(R, result.weight.t(), /*upper=*/true);
+  auto V_rows = at::addmm(at::mm(Z.narrow(0, r, B).t(), X), Z.narrow(0, 0, r).t(), W);
+  const double drift = (at::mm(V_rows, V_rows.t()) - eye).abs().max().item<double>();
+  auto image = in_space.image(V_rows.t());
+  auto cores = in_space.cross(V_rows.t(), image, image);
+  const double scale = std::max(1.0, result.S.abs().max().item<double>());
+  const double mismatch = (cores - result.S).abs().max().item<double>();
+  if (!(drift <= kMaxBasisDrift) || !(mismatch <= kMaxBasisDrift * scale)) return std::nullopt;
+  result.weight = V_rows;
+  return result;
+}
+
 GLRAMResult cast_result(GLRAMResult result, const at::Tensor& like) {
   result.weight = result.weight.to(like.options());
   result.S = result.S.to(like.options());
@@ -626,22 +673,13 @@ GLRAMResult projected_step(const at::Tensor& weight, const at::Tensor& S, const 
     // samples carry large opposite weights. Trusted while its terms are at most
     // kMaxTermsOverTotal times the sum (relative error ≲ 1e4 · k · eps ≈ 1e-10).
     if (std::isfinite(sum.second) && sum.second <= kMaxTermsOverTotal * sum.first) {
+      LowRankMatrices problem(W64, S64, X64, G64, lr, sum.first);
       if (k < d) {
-        // In the k coordinates of span[W^T | X^T] = span Q, Q = C R^{-1}: A_i = Q K_i Q^T with
-        // K_i = R1 S_i R1^T − lr R2 diag(g_i) R2^T, the same factored form with k-sized factors.
-        auto T = at::cat({at::cat({T11, T12}, 1), at::cat({T12.t(), T22}, 1)}, 0);
-        const auto chol = cholesky_qr(T);
-        if (chol.first.defined()) {
-          const auto& R = chol.first;
-          LowRankMatrices problem(R.narrow(1, 0, r).t(), S64, R.narrow(1, r, B).t(), G64, lr, sum.first);
-          auto result = rayleigh_ritz(problem, at::eye(k, r, T.options()), options);
-          auto coordinates = at::mm(chol.second, result.weight.t());  // V = [W^T | X^T] R^{-1} V'
-          result.weight = at::addmm(at::mm(X64.t(), coordinates.narrow(0, r, B)), W64.t(), coordinates.narrow(0, 0, r)).t();
-          return cast_result(result, weight);
+        if (auto result = rayleigh_ritz_in_span(problem, W64, X64, T11, T12, T22, S64, G64, lr, sum.first, options)) {
+          return cast_result(std::move(*result), weight);
         }
       }
       if (auto V0 = orthonormal_rows(W64); V0.defined()) {
-        LowRankMatrices problem(W64, S64, X64, G64, lr, sum.first);
         return cast_result(rayleigh_ritz(problem, V0, options), weight);
       }
     }
