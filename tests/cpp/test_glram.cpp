@@ -118,8 +118,7 @@ TEST(GLRAM, FactoredStepWithNearlyDependentWeightRowsMatchesDenseProjection) {
 
 // The Rayleigh–Ritz solver on the steps of a projected SGD run (student towards teacher): at
 // every step its objective is within 1e-3 (relative) of the exact solver's from the same state,
-// and the trace never increases. (Steps with a far larger lr can end in different local optima:
-// docs/glram.rst.)
+// and the trace never increases. (Large moves: RayleighRitzAgreesWithExactOnRandomProblems.)
 TEST(GLRAM, RayleighRitzAgreesWithExactOnTrainingSteps) {
   torch::manual_seed(6);
   const int64_t d = 50, r = 4, n = 6, B = 16;
@@ -139,7 +138,7 @@ TEST(GLRAM, RayleighRitzAgreesWithExactOnTrainingSteps) {
   }
 }
 
-// A step from a fresh layer whose gradient term dominates (20–70 iterations, far from the warm
+// A step from a fresh layer whose gradient term dominates (10–70 iterations, far from the warm
 // start): a 2r-wide Rayleigh–Ritz block alone ends up to 8% away from the exact solver here; the
 // grown block keeps the two on one path (docs/glram.rst, "Solvers"). Shapes: k = r + B < d
 // (the k coordinates) and k ≥ d with B² ≤ n·d² (factored in R^d), few and many outputs.

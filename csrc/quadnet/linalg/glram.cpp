@@ -567,10 +567,10 @@ void check_rank(const char* op, int64_t rank, int64_t d) {
 // each block costs O(k²·r) instead of O(d·k·r), and V = Q V' is formed once, at the end.
 // Q is orthonormal only as far as R is accurate (cond(C)² · eps). Instead of checking all of Q
 // (two k³ GEMMs, ~20% of a training projection) the two things that depend on it are: the warm
-// start (its first r columns, W^T R11^{-1}, checked on the r×r block) and the result (rows of
-// V orthonormal, and the cores V^T A_i V recomputed through the d-sized factors, `in_space`,
-// equal to the k-coordinate ones), all to kMaxBasisDrift. Empty when T has no Cholesky factor
-// or a check fails (the caller then solves in R^d).
+// start (its first r columns, W^T R11^{-1}, orthonormal) and the result (rows of V
+// orthonormal, and the cores V^T A_i V recomputed through the d-sized factors, `in_space`,
+// equal to the k-coordinate ones), all to kMaxBasisDrift, at O(d·r·(r + B)). Empty when T has
+// no Cholesky factor or a check fails (the caller then solves in R^d).
 std::optional<GLRAMResult> rayleigh_ritz_in_span(const LowRankMatrices& in_space, const at::Tensor& W, const at::Tensor& X,
                                                  const at::Tensor& T11, const at::Tensor& T12, const at::Tensor& T22,
                                                  const at::Tensor& S, const at::Tensor& G, double lr, double total,
