@@ -48,16 +48,20 @@ at::Tensor project(const at::Tensor& AV, const at::Tensor& V) { return at::matmu
 
 constexpr double kMaxBasisDrift = 1e-10;  // max |Q^T Q − I| accepted from CholeskyQR
 
+// A basis's Gram matrix (Q^T Q, or Q Q^T for a basis as rows) is the identity to kMaxBasisDrift.
+bool near_identity(const at::Tensor& gram) {
+  const double drift = (gram - at::eye(gram.size(0), gram.options())).abs().max().item<double>();
+  return drift <= kMaxBasisDrift;
+}
+
 // CholeskyQR of C (m × c): (R, R^{-1}) with C = Q R, Q = C R^{-1}, if Q comes out orthonormal to
 // kMaxBasisDrift (cond(C) ≲ 1e3); else undefined tensors. T = C^T C.
 std::pair<at::Tensor, at::Tensor> cholesky_qr(const at::Tensor& T) {
   auto chol = at::linalg_cholesky_ex(T, /*upper=*/true);
   if (std::get<1>(chol).item<int64_t>() != 0) return {};
   const auto& R = std::get<0>(chol);
-  auto eye = at::eye(T.size(0), T.options());
-  auto Rinv = at::linalg_solve_triangular(R, eye, /*upper=*/true);
-  const double drift = (at::mm(at::mm(Rinv.t(), T), Rinv) - eye).abs().max().item<double>();
-  if (!(drift <= kMaxBasisDrift)) return {};
+  auto Rinv = at::linalg_solve_triangular(R, at::eye(T.size(0), T.options()), /*upper=*/true);
+  if (!near_identity(at::mm(at::mm(Rinv.t(), T), Rinv))) return {};
   return {R, Rinv};
 }
 
@@ -70,8 +74,7 @@ std::pair<at::Tensor, at::Tensor> cholesky_qr(const at::Tensor& T) {
 at::Tensor orthonormal_rows(const at::Tensor& weight) {
   if (auto fast = cholesky_qr(at::mm(weight, weight.t())); fast.second.defined()) {
     auto Q = at::mm(weight.t(), fast.second);
-    const auto eye = at::eye(weight.size(0), weight.options());
-    if ((at::mm(Q.t(), Q) - eye).abs().max().item<double>() <= kMaxBasisDrift) return Q;
+    if (near_identity(at::mm(Q.t(), Q))) return Q;
   }
   auto qr = at::linalg_qr(weight.t(), "reduced");
   auto diag = std::get<1>(qr).diagonal().abs();
@@ -239,6 +242,17 @@ class LowRankMatrices {
   }
 
   double total() const { return total_; }
+  // The same matrices in the coordinates of span[W^T | X^T] = span Q, Q = [W^T | X^T] R^{-1}
+  // (R upper triangular, k × k): Q^T A_i Q = R1 S_i R1^T − lr R2 diag(g_i) R2^T, factors R1^T
+  // and R2^T (R's columns for W^T and for X^T).
+  LowRankMatrices in_coordinates(const at::Tensor& R) const {
+    return LowRankMatrices(R.narrow(1, 0, r_).t(), S_, R.narrow(1, r_, X_.size(0)).t(), G_, lr_, total_);
+  }
+  // The rows (C Z)^T = Z_W^T W + Z_X^T X (v × d) of the vectors with coefficients Z (k × v) in
+  // C = [W^T | X^T].
+  at::Tensor rows(const at::Tensor& Z) const {
+    return at::addmm(at::mm(Z.narrow(0, r_, X_.size(0)).t(), X_), Z.narrow(0, 0, r_).t(), W_);
+  }
   Image image(const at::Tensor& U) const { return with_weighted({at::mm(W_, U), at::mm(X_, U), {}}); }
   // U^T A_i V = (WU)^T S_i (WV) − lr Σ_b g_ib (XU)_b (XV)_b^T  (n × u × v).
   at::Tensor cross(const at::Tensor& /*U*/, const Image& a, const Image& b) const {
@@ -443,13 +457,12 @@ GLRAMResult rayleigh_ritz(const Problem& problem, const at::Tensor& V0, const GL
     std::vector<at::Tensor> H{cores.permute({1, 0, 2}).reshape({r, -1})};
     gram_buffer.narrow(0, 0, r).narrow(1, 0, r).copy_(at::mm(H[0], H[0].t()));  // Σ_i K_i K_i
     std::vector<Image> images{image};
-    std::vector<int64_t> widths{r};
     at::Tensor newest = cores;  // V^T A_i Q for the newest block Q (n × r × w)
     int64_t u = r;
     // Its eigenvalues decide the growth: eigenvectors with them for the first block (where
     // training steps stop), only eigenvalues for later ones (eigvalsh, ~2.3× cheaper than eigh
     // at these sizes).
-    at::Tensor first_vectors;
+    at::Tensor gram, first_vectors;
     double previous = point.f;  // tr(V^T M V) = Σ_i ||V^T A_i V||² = f(V)
     for (int64_t block = 0; block < kMaxBlocks && u < widest; ++block) {
       const int64_t w = newest.size(2);
@@ -472,10 +485,9 @@ GLRAMResult rayleigh_ritz(const Problem& problem, const at::Tensor& V0, const GL
       U_buffer.narrow(1, u, q).copy_(Q);
       H.push_back(C);
       images.push_back(std::move(imageQ));
-      widths.push_back(q);
       newest = C.view({q, -1, r}).permute({1, 2, 0});  // V^T A_i Q (n × r × q)
       u += q;
-      auto gram = symmetric_part(gram_buffer.narrow(0, 0, u).narrow(1, 0, u));
+      gram = symmetric_part(gram_buffer.narrow(0, 0, u).narrow(1, 0, u));
       at::Tensor values;  // ascending
       if (block == 0) {
         std::tie(values, first_vectors) = at::linalg_eigh(gram);
@@ -489,9 +501,8 @@ GLRAMResult rayleigh_ritz(const Problem& problem, const at::Tensor& V0, const GL
       if (!*large_move || !(gain > kGrowAbove * total) || !(ritz - previous > kGrowWhile * gain)) break;
       previous = ritz;
     }
-    auto U = U_buffer.narrow(1, 0, u);
-    auto gram = symmetric_part(gram_buffer.narrow(0, 0, u).narrow(1, 0, u));
-    return [&problem, &score, U, images, widths, gram, first_vectors, r](double shift) {
+    // The loop ran at least once (propose is called only when r < m, so u = r < widest).
+    return [&problem, &score, U = U_buffer.narrow(1, 0, u), images, H, gram, first_vectors, r](double shift) {
       const auto u = U.size(1);
       at::Tensor Y;
       if (shift > 0) {
@@ -501,11 +512,11 @@ GLRAMResult rayleigh_ritz(const Problem& problem, const at::Tensor& V0, const GL
       } else {
         Y = first_vectors.defined() ? first_vectors.narrow(1, u - r, r).flip({1}) : top_eigenvectors(gram, r);
       }
-      std::vector<at::Tensor> rows;
+      std::vector<at::Tensor> rows;  // Y's row blocks, one per block of U (H's row blocks)
       int64_t start = 0;
-      for (const auto width : widths) {
-        rows.push_back(Y.narrow(0, start, width));
-        start += width;
+      for (const auto& Hj : H) {
+        rows.push_back(Y.narrow(0, start, Hj.size(0)));
+        start += Hj.size(0);
       }
       return score(at::mm(U, Y), problem.combine(images, rows));
     };
@@ -571,32 +582,27 @@ void check_rank(const char* op, int64_t rank, int64_t d) {
 // orthonormal, and the cores V^T A_i V recomputed through the d-sized factors, `in_space`,
 // equal to the k-coordinate ones), all to kMaxBasisDrift, at O(d·r·(r + B)). Empty when T has
 // no Cholesky factor or a check fails (the caller then solves in R^d).
-std::optional<GLRAMResult> rayleigh_ritz_in_span(const LowRankMatrices& in_space, const at::Tensor& W, const at::Tensor& X,
+std::optional<GLRAMResult> rayleigh_ritz_in_span(const LowRankMatrices& in_space, const at::Tensor& W,
                                                  const at::Tensor& T11, const at::Tensor& T12, const at::Tensor& T22,
-                                                 const at::Tensor& S, const at::Tensor& G, double lr, double total,
                                                  const GLRAMOptions& options) {
-  const auto r = W.size(0), B = X.size(0), k = r + B;
+  const auto r = W.size(0), k = r + T22.size(0);
   auto T = at::cat({at::cat({T11, T12}, 1), at::cat({T12.t(), T22}, 1)}, 0);
   auto chol = at::linalg_cholesky_ex(T, /*upper=*/true);
   if (std::get<1>(chol).item<int64_t>() != 0) return std::nullopt;
   const auto& R = std::get<0>(chol);
   // The warm start W^T R11^{-1} (R11 = R's leading r×r block, the Cholesky factor of W W^T)
   // must be orthonormal, checked as orthonormal_rows checks its basis.
-  const auto eye = at::eye(r, T.options());
   auto start_rows = at::linalg_solve_triangular(R.narrow(0, 0, r).narrow(1, 0, r).t(), W, /*upper=*/false);  // R11^{-T} W
-  if (!((at::mm(start_rows, start_rows.t()) - eye).abs().max().item<double>() <= kMaxBasisDrift)) return std::nullopt;
-  LowRankMatrices in_span(R.narrow(1, 0, r).t(), S, R.narrow(1, r, B).t(), G, lr, total);
+  if (!near_identity(at::mm(start_rows, start_rows.t()))) return std::nullopt;
   // The warm start: span W^T = Q span R1 = Q span[e_1 … e_r] (R upper triangular).
-  auto result = rayleigh_ritz(in_span, at::eye(k, r, T.options()), options);
-  // V^T = V'^T R^{-T} C^T = Z_W^T W + Z_X^T X with Z = R^{-1} V'.
-  auto Z = at::linalg_solve_triangular(R, result.weight.t(), /*upper=*/true);
-  auto V_rows = at::addmm(at::mm(Z.narrow(0, r, B).t(), X), Z.narrow(0, 0, r).t(), W);
-  const double drift = (at::mm(V_rows, V_rows.t()) - eye).abs().max().item<double>();
+  auto result = rayleigh_ritz(in_space.in_coordinates(R), at::eye(k, r, T.options()), options);
+  // V = Q V' = C Z with Z = R^{-1} V'.
+  auto V_rows = in_space.rows(at::linalg_solve_triangular(R, result.weight.t(), /*upper=*/true));
   auto image = in_space.image(V_rows.t());
   auto cores = in_space.cross(V_rows.t(), image, image);
   const double scale = std::max(1.0, result.S.abs().max().item<double>());
   const double mismatch = (cores - result.S).abs().max().item<double>();
-  if (!(drift <= kMaxBasisDrift) || !(mismatch <= kMaxBasisDrift * scale)) return std::nullopt;
+  if (!near_identity(at::mm(V_rows, V_rows.t())) || !(mismatch <= kMaxBasisDrift * scale)) return std::nullopt;
   result.weight = V_rows;
   return result;
 }
@@ -681,7 +687,7 @@ GLRAMResult projected_step(const at::Tensor& weight, const at::Tensor& S, const 
     if (std::isfinite(sum.second) && sum.second <= kMaxTermsOverTotal * sum.first) {
       LowRankMatrices problem(W64, S64, X64, G64, lr, sum.first);
       if (k < d) {
-        if (auto result = rayleigh_ritz_in_span(problem, W64, X64, T11, T12, T22, S64, G64, lr, sum.first, options)) {
+        if (auto result = rayleigh_ritz_in_span(problem, W64, T11, T12, T22, options)) {
           return cast_result(std::move(*result), weight);
         }
       }
