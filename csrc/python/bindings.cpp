@@ -18,7 +18,10 @@ quadnet::optim::GLRAMSGDOptions glram_sgd_options(const py::dict& group) {
       .weight_decay(group["weight_decay"].cast<double>())
       .tol(group["tol"].cast<double>())
       .max_iter(group["max_iter"].cast<int64_t>())
-      .solver(group["solver"].cast<std::string>());
+      .solver(group["solver"].cast<std::string>())
+      .dampening(group["dampening"].cast<double>())
+      .nesterov(group["nesterov"].cast<bool>())
+      .projection(group["projection"].cast<std::string>());
 }
 
 }  // namespace
@@ -51,21 +54,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              py::arg("weight"), py::arg("S"), py::arg("X"), py::arg("G"), py::arg("lr"), py::arg("tol"),
              py::arg("max_iter"), py::arg("solver"), py::call_guard<py::gil_scoped_release>());
 
+  linalg.def("tangent_step",
+             [](const torch::Tensor& weight, const torch::Tensor& S, const torch::Tensor& weight_grad,
+                const torch::Tensor& S_grad, double lr, double tol, int64_t max_iter, const std::string& solver) {
+               return quadnet::linalg::tangent_step(weight, S, weight_grad, S_grad, lr,
+                                                    glram_options(tol, max_iter, solver));
+             },
+             py::arg("weight"), py::arg("S"), py::arg("weight_grad"), py::arg("S_grad"), py::arg("lr"),
+             py::arg("tol"), py::arg("max_iter"), py::arg("solver"), py::call_guard<py::gil_scoped_release>());
+  linalg.def("tangent_step_unavailable", &quadnet::linalg::tangent_step_unavailable, py::arg("weight"),
+             py::arg("S"), py::call_guard<py::gil_scoped_release>());
+
   auto optim = m.def_submodule("optim", "optimizer update rules");
-  optim.def("quadratic_layer_step",
-            [](const torch::Tensor& weight, const torch::Tensor& S, const torch::Tensor& X,
-               const torch::Tensor& G, double lr, double weight_decay, double tol, int64_t max_iter,
-               const std::string& solver) {
-              return quadnet::optim::quadratic_layer_step(weight, S, X, G, lr, weight_decay,
-                                                          glram_options(tol, max_iter, solver));
-            },
-            py::arg("weight"), py::arg("S"), py::arg("X"), py::arg("G"), py::arg("lr"),
-            py::arg("weight_decay"), py::arg("tol"), py::arg("max_iter"), py::arg("solver"),
-            py::call_guard<py::gil_scoped_release>());
   optim.def("check_options", [](const py::dict& group) { quadnet::optim::check_options(glram_sgd_options(group)); },
             py::arg("group"));
   using GroupArg = std::tuple<std::vector<torch::Tensor>, std::vector<c10::optional<torch::Tensor>>, py::dict>;
-  using LayerArg = std::tuple<torch::Tensor, torch::Tensor, c10::optional<torch::Tensor>, c10::optional<torch::Tensor>>;
+  using LayerArg =
+      std::tuple<torch::Tensor, torch::Tensor, c10::optional<torch::Tensor>, c10::optional<torch::Tensor>, bool>;
   optim.def("glram_sgd_updates",
             [](const std::vector<GroupArg>& groups, const std::vector<LayerArg>& layers) {
               std::vector<quadnet::optim::StepGroup> step_groups;
@@ -77,28 +82,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
               std::vector<quadnet::optim::ProjectedBatch> batches;
               for (const auto& layer : layers) {
                 batches.push_back({std::get<0>(layer), std::get<1>(layer), std::get<2>(layer).value_or(torch::Tensor()),
-                                   std::get<3>(layer).value_or(torch::Tensor())});
+                                   std::get<3>(layer).value_or(torch::Tensor()), std::get<4>(layer)});
               }
               py::gil_scoped_release release;
               auto updates = quadnet::optim::glram_sgd_updates(step_groups, batches);
-              return std::make_tuple(updates.values, updates.momentum_buffers, updates.projections);
+              return std::make_tuple(updates.values, updates.momentum_buffers, updates.projections,
+                                     updates.needs_batch);
             },
             py::arg("groups"), py::arg("layers"));
-  optim.def("captured_gradient_scale", &quadnet::optim::captured_gradient_scale, py::arg("weight"), py::arg("S"),
-            py::arg("X"), py::arg("G"), py::arg("weight_grad"), py::arg("S_grad"),
-            py::call_guard<py::gil_scoped_release>());
-  optim.def("sgd_update",
-            [](const torch::Tensor& param, const torch::Tensor& grad,
-               c10::optional<torch::Tensor> momentum_buffer, double lr, double momentum,
-               double weight_decay) -> std::pair<torch::Tensor, c10::optional<torch::Tensor>> {
-              auto update = quadnet::optim::sgd_update(param, grad, momentum_buffer.value_or(torch::Tensor()),
-                                                       lr, momentum, weight_decay);
-              c10::optional<torch::Tensor> buffer;
-              if (update.second.defined()) buffer = update.second;
-              return {update.first, buffer};
-            },
-            py::arg("param"), py::arg("grad"), py::arg("momentum_buffer"), py::arg("lr"),
-            py::arg("momentum"), py::arg("weight_decay"));
   optim.def("end_to_end_direction", &quadnet::optim::end_to_end_direction, py::arg("weight"), py::arg("grad"),
             py::arg("depth"));
   optim.def("end_to_end_update", &quadnet::optim::end_to_end_update, py::arg("weight"), py::arg("grad"),

@@ -4,6 +4,7 @@
 // to TorchScript models as torch.ops.quadnet.*.
 
 #include "linalg/glram.h"
+#include "linalg/tangent_step.h"
 #include "nn/overparam_linear.h"
 #include "nn/polynomial.h"
 #include "nn/quadratic_conv.h"

@@ -21,7 +21,7 @@ TEST(GLRAMSGD, OneStepEqualsDenseCanonicalStep) {
   auto x = torch::randn({5, 12}, torch::kFloat64);
   auto target = torch::randn({5, 3}, torch::kFloat64);
   const double lr = 0.05;
-  GLRAMSGD opt(*layer, GLRAMSGDOptions(lr).tol(0).max_iter(3));
+  GLRAMSGD opt(*layer, GLRAMSGDOptions(lr).tol(0).max_iter(3).projection("full"));
   opt.zero_grad();
   auto loss = 0.5 * (layer->forward(x) - target).square().sum();
   loss.backward();
@@ -152,7 +152,7 @@ TEST(GLRAMSGD, EditedGradientsScaleTheStepOrThrow) {
   layer->to(torch::kFloat64);
   auto W0 = layer->weight.detach().clone(), S0 = layer->S.detach().clone();
   auto x = torch::randn({6, 12}, torch::kFloat64), target = torch::randn({6, 3}, torch::kFloat64);
-  GLRAMSGD opt(*layer, GLRAMSGDOptions(0.05));
+  GLRAMSGD opt(*layer, GLRAMSGDOptions(0.05).projection("full"));
   opt.zero_grad();
   (0.5 * (layer->forward(x) - target).square().sum()).backward();
   const double norm = torch::nn::utils::clip_grad_norm_(layer->parameters(), 1e-3);
@@ -181,9 +181,9 @@ TEST(GLRAMSGD, CaptureIsBoundedAndEndsWithItsOptimizers) {
   torch::manual_seed(8);
   QuadraticLayer layer(6, 3, 2);
   auto x = torch::randn({4, 6});
-  auto first = std::make_unique<GLRAMSGD>(*layer, GLRAMSGDOptions(0.01));
+  auto first = std::make_unique<GLRAMSGD>(*layer, GLRAMSGDOptions(0.01).projection("full"));
   {
-    GLRAMSGD second(*layer, GLRAMSGDOptions(0.01));
+    GLRAMSGD second(*layer, GLRAMSGDOptions(0.01).projection("full"));
     for (int i = 0; i < 20; ++i) layer->forward(x).sum();  // graphs freed at once
     EXPECT_FALSE(layer->captured().first.defined());
     layer->forward(x).sum().backward();

@@ -132,11 +132,33 @@ TEST(PolynomialConvBlock, StateDictRoundTrip) {
   std::remove(path.c_str());
 }
 
-TEST(QuadraticConv2d, GLRAMSGDRefusesIt) {
+TEST(QuadraticConv2d, GLRAMSGDRefusesItsFullStep) {
   torch::nn::Sequential model(QuadraticConv2d(1, 2, 3, 2), quadnet::nn::QuadraticLayer(3, 2, 2));
-  EXPECT_NE(error_of([&] { quadnet::optim::GLRAMSGD(*model, quadnet::optim::GLRAMSGDOptions(0.1)); })
-                .find("does not project QuadraticConv2d"),
+  EXPECT_NE(error_of([&] {
+              quadnet::optim::GLRAMSGD(*model, quadnet::optim::GLRAMSGDOptions(0.1).projection("full"));
+            }).find("not implemented for convolutions"),
             std::string::npos);
+}
+
+// The tangent step projects a convolution in its patch space: the new weight's flattened rows are
+// orthonormal, S symmetric, and the step equals linalg::tangent_step on weight.flatten(1).
+TEST(QuadraticConv2d, GLRAMSGDTakesTheTangentStep) {
+  torch::manual_seed(0);
+  auto conv = QuadraticConv2d(QuadraticConv2dOptions(2, 3, 3, 4));
+  conv->to(torch::kDouble);
+  auto x = torch::randn({5, 2, 6, 6}, torch::kDouble);
+  quadnet::optim::GLRAMSGD opt(*conv, quadnet::optim::GLRAMSGDOptions(0.01).tol(0).max_iter(20));
+  opt.zero_grad();
+  conv->forward(x).square().mean().backward();
+  auto W0 = conv->weight.detach().clone(), S0 = conv->S.detach().clone();
+  auto expected = quadnet::linalg::tangent_step(W0.flatten(1), S0, conv->weight.grad().flatten(1), conv->S.grad(),
+                                                0.01, quadnet::linalg::GLRAMOptions().tol(0).max_iter(20));
+  opt.step();
+  auto W = conv->weight.detach().flatten(1);
+  EXPECT_TRUE(torch::allclose(W, expected.weight, 0, 1e-12));
+  EXPECT_TRUE(torch::allclose(conv->S.detach(), expected.S, 0, 1e-12));
+  EXPECT_TRUE(torch::allclose(torch::mm(W, W.t()), torch::eye(4, torch::kDouble), 0, 1e-12));
+  EXPECT_FALSE(torch::allclose(W, W0.flatten(1)));
 }
 
 }  // namespace

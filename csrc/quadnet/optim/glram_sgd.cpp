@@ -90,14 +90,15 @@ double captured_gradient_scale(const torch::Tensor& weight, const torch::Tensor&
 
 std::pair<torch::Tensor, torch::Tensor> sgd_update(const torch::Tensor& param, const torch::Tensor& grad,
                                                    const torch::Tensor& momentum_buffer, double lr,
-                                                   double momentum, double weight_decay) {
+                                                   double momentum, double dampening, bool nesterov,
+                                                   double weight_decay) {
   TORCH_CHECK(grad.sizes() == param.sizes(), "sgd_update: grad of shape ", grad.sizes(),
               " does not match param of shape ", param.sizes());
   auto d_p = weight_decay == 0 ? grad : grad + param * weight_decay;
   torch::Tensor buffer;
   if (momentum != 0) {
-    buffer = momentum_buffer.defined() ? momentum_buffer * momentum + d_p : d_p.clone();
-    d_p = buffer;
+    buffer = momentum_buffer.defined() ? momentum_buffer * momentum + d_p * (1.0 - dampening) : d_p.clone();
+    d_p = nesterov ? d_p + buffer * momentum : buffer;
   }
   auto updated = param - d_p * lr;
   check_finite("a parameter", updated);
@@ -107,15 +108,37 @@ std::pair<torch::Tensor, torch::Tensor> sgd_update(const torch::Tensor& param, c
 void check_options(const GLRAMSGDOptions& options) {
   TORCH_CHECK(options.lr() >= 0, "GLRAMSGD: lr must be >= 0, got ", options.lr());
   TORCH_CHECK(options.momentum() >= 0, "GLRAMSGD: momentum must be >= 0, got ", options.momentum());
+  TORCH_CHECK(options.dampening() >= 0, "GLRAMSGD: dampening must be >= 0, got ", options.dampening());
+  TORCH_CHECK(!options.nesterov() || (options.momentum() > 0 && options.dampening() == 0),
+              "GLRAMSGD: nesterov momentum requires a momentum > 0 and zero dampening, got momentum ",
+              options.momentum(), " and dampening ", options.dampening());
   TORCH_CHECK(options.weight_decay() >= 0, "GLRAMSGD: weight_decay must be >= 0, got ", options.weight_decay());
   TORCH_CHECK(options.max_iter() >= 0, "GLRAMSGD: max_iter must be >= 0, got ", options.max_iter());
   TORCH_CHECK(options.tol() >= 0, "GLRAMSGD: tol must be >= 0, got ", options.tol());
   TORCH_CHECK(options.solver() == "rayleigh_ritz" || options.solver() == "exact",
               "GLRAMSGD: solver must be \"rayleigh_ritz\" or \"exact\", got \"", options.solver(), "\"");
+  TORCH_CHECK(options.projection() == "tangent" || options.projection() == "full",
+              "GLRAMSGD: projection must be \"tangent\" or \"full\", got \"", options.projection(), "\"");
 }
+
+namespace {
+
+// "QuadraticLayer (weight (r, d), S (n, r, r))" for error messages.
+std::string describe(const ProjectedBatch& layer) {
+  std::ostringstream out;
+  out << (layer.convolution ? "QuadraticConv2d" : "QuadraticLayer") << " (weight " << layer.weight.sizes() << ", S "
+      << layer.S.sizes() << ")";
+  return out.str();
+}
+
+torch::Tensor flat_weight(const torch::Tensor& weight) { return weight.reshape({weight.size(0), -1}); }
+
+}  // namespace
 
 StepUpdates glram_sgd_updates(const std::vector<StepGroup>& groups, const std::vector<ProjectedBatch>& layers) {
   StepUpdates updates;
+  updates.needs_batch.assign(layers.size(), false);
+  std::vector<bool> seen(layers.size(), false);
   std::unordered_set<const void*> projected;
   for (const auto& layer : layers) {
     projected.insert(layer.weight.unsafeGetTensorImpl());
@@ -125,20 +148,67 @@ StepUpdates glram_sgd_updates(const std::vector<StepGroup>& groups, const std::v
     const auto& options = group.options;
     TORCH_CHECK(group.momentum_buffers.size() == group.params.size(),
                 "glram_sgd_updates: expected one momentum buffer slot per parameter");
-    std::unordered_set<const void*> in_group;
-    for (const auto& p : group.params) in_group.insert(p.unsafeGetTensorImpl());
+    std::unordered_map<const void*, size_t> index_in_group;
+    for (size_t i = 0; i < group.params.size(); ++i) index_in_group[group.params[i].unsafeGetTensorImpl()] = i;
     const auto glram_options =
         linalg::GLRAMOptions().tol(options.tol()).max_iter(options.max_iter()).solver(options.solver());
-    for (const auto& layer : layers) {
-      const bool has_weight = in_group.count(layer.weight.unsafeGetTensorImpl()) > 0;
-      TORCH_CHECK(has_weight == (in_group.count(layer.S.unsafeGetTensorImpl()) > 0),
-                  "GLRAMSGD: a QuadraticLayer's weight and S must be in the same param group");
-      if (!has_weight || !layer.X.defined()) continue;  // elsewhere, or not in the graph this step
-      const auto &weight_grad = layer.weight.grad(), &S_grad = layer.S.grad();
+    const bool tangent = options.projection() == "tangent";
+    for (size_t l = 0; l < layers.size(); ++l) {
+      const auto& layer = layers[l];
+      auto weight_index = index_in_group.find(layer.weight.unsafeGetTensorImpl());
+      auto S_index = index_in_group.find(layer.S.unsafeGetTensorImpl());
+      const bool has_weight = weight_index != index_in_group.end();
+      TORCH_CHECK(has_weight == (S_index != index_in_group.end()),
+                  "GLRAMSGD: a ", describe(layer), "'s weight and S must be in the same param group");
+      if (!has_weight) continue;  // in another group
+      seen[l] = true;
+      TORCH_CHECK(!(layer.convolution && !tangent), "GLRAMSGD: the full projected step (projection=\"full\") is not "
+                  "implemented for ", describe(layer), "; use projection=\"tangent\"");
+      const auto weight = flat_weight(layer.weight);
+      const auto& weight_grad = layer.weight.grad();
+      const auto& S_grad = layer.S.grad();
+      const auto unavailable = linalg::tangent_step_unavailable(weight, layer.S);
+      updates.needs_batch[l] = !tangent || !unavailable.empty();
       if (!weight_grad.defined() && !S_grad.defined()) continue;  // no gradient: no step, as for SGD
+      TORCH_CHECK(weight_grad.defined() && S_grad.defined(), "GLRAMSGD: the ", describe(layer),
+                  " has a gradient for only one of weight and S (freeze both or neither)");
+      if (tangent && unavailable.empty()) {
+        const auto& bW = group.momentum_buffers[weight_index->second];
+        const auto& bS = group.momentum_buffers[S_index->second];
+        linalg::TangentVector buffer;
+        if (bW.defined() && bS.defined()) buffer = {flat_weight(bW), bS};
+        auto result = linalg::tangent_update(weight, layer.S, flat_weight(weight_grad), S_grad, buffer,
+                                             linalg::TangentUpdateOptions(options.lr())
+                                                 .weight_decay(options.weight_decay())
+                                                 .momentum(options.momentum())
+                                                 .dampening(options.dampening())
+                                                 .nesterov(options.nesterov())
+                                                 .glram(glram_options));
+        updates.needs_batch[l] = !result.unavailable_after.empty();
+        updates.values.emplace_back(layer.weight, result.projection.weight.view(layer.weight.sizes()));
+        updates.values.emplace_back(layer.S, result.projection.S);
+        if (result.momentum_buffer.defined()) {
+          updates.momentum_buffers.emplace_back(layer.weight, result.momentum_buffer.dW.view(layer.weight.sizes()));
+          updates.momentum_buffers.emplace_back(layer.S, result.momentum_buffer.dS);
+        }
+        updates.projections.push_back(std::move(result.projection));
+        continue;
+      }
+      // The full projected step: projection "full", or a layer off the rank-r model.
+      TORCH_CHECK(!layer.convolution, "GLRAMSGD: the tangent step does not apply to the ", describe(layer), ": ",
+                  unavailable, ". It needs the full projected step, which is not implemented for convolutions; "
+                  "re-initialise the layer (reset_parameters) or give it to another optimizer");
+      if (!layer.X.defined()) {
+        TORCH_CHECK(!tangent, "GLRAMSGD: the tangent step does not apply to the ", describe(layer), ": ", unavailable,
+                    ". Its step is the full projected step, which needs the batch captured during forward/backward, "
+                    "and none was captured (were the parameters set after the previous step? then run forward and "
+                    "backward again before step())");
+        continue;  // "full": not in the graph this step
+      }
       const double scale = captured_gradient_scale(layer.weight, layer.S, layer.X, layer.G, weight_grad, S_grad);
       auto result = quadratic_layer_step(layer.weight, layer.S, layer.X, scale == 1.0 ? layer.G : layer.G * scale,
                                          options.lr(), options.weight_decay(), glram_options);
+      if (tangent) updates.needs_batch[l] = !linalg::tangent_step_unavailable(result.weight, result.S).empty();
       updates.values.emplace_back(layer.weight, result.weight);
       updates.values.emplace_back(layer.S, result.S);
       updates.projections.push_back(std::move(result));
@@ -147,7 +217,7 @@ StepUpdates glram_sgd_updates(const std::vector<StepGroup>& groups, const std::v
       const auto& p = group.params[i];
       if (projected.count(p.unsafeGetTensorImpl()) || !p.grad().defined()) continue;
       auto update = sgd_update(p, p.grad(), group.momentum_buffers[i], options.lr(), options.momentum(),
-                               options.weight_decay());
+                               options.dampening(), options.nesterov(), options.weight_decay());
       updates.values.emplace_back(p, update.first);
       if (update.second.defined()) updates.momentum_buffers.emplace_back(p, update.second);
     }
@@ -162,6 +232,9 @@ void GLRAMSGDOptions::serialize(torch::serialize::OutputArchive& archive) const 
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(tol);
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(max_iter);
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(solver);
+  _TORCH_OPTIM_SERIALIZE_TORCH_ARG(projection);
+  _TORCH_OPTIM_SERIALIZE_TORCH_ARG(dampening);
+  _TORCH_OPTIM_SERIALIZE_TORCH_ARG(nesterov);
 }
 
 void GLRAMSGDOptions::serialize(torch::serialize::InputArchive& archive) {
@@ -172,6 +245,11 @@ void GLRAMSGDOptions::serialize(torch::serialize::InputArchive& archive) {
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(int64_t, max_iter);
   c10::IValue solver_value;  // absent from archives written before the option existed
   if (archive.try_read("solver", solver_value)) solver(solver_value.toStringRef());
+  // absent from archives written before these options existed: the current values stay
+  c10::IValue value;
+  if (archive.try_read("projection", value)) projection(value.toStringRef());
+  if (archive.try_read("dampening", value)) dampening(value.toDouble());
+  if (archive.try_read("nesterov", value)) nesterov(value.toBool());
 }
 
 void GLRAMSGDParamState::serialize(torch::serialize::OutputArchive& archive) const {
@@ -195,27 +273,47 @@ GLRAMSGD::GLRAMSGD(torch::nn::Module& model, std::vector<torch::optim::Optimizer
     check_options(static_cast<const GLRAMSGDOptions&>(param_groups_[g].options()));
     for (const auto& p : param_groups_[g].params()) group_of[p.unsafeGetTensorImpl()] = g;
   }
+  auto options_of = [this](size_t g) -> const GLRAMSGDOptions& {
+    return static_cast<const GLRAMSGDOptions&>(param_groups_[g].options());
+  };
   for (const auto& module : model.modules(/*include_self=*/true)) {
-    if (auto layer = std::dynamic_pointer_cast<nn::QuadraticLayerImpl>(module)) {
-      auto weight = group_of.find(layer->weight.unsafeGetTensorImpl());
-      auto S = group_of.find(layer->S.unsafeGetTensorImpl());
-      if (weight == group_of.end() && S == group_of.end()) continue;  // not optimized here
-      TORCH_CHECK(weight != group_of.end() && S != group_of.end() && weight->second == S->second,
-                  "GLRAMSGD: a QuadraticLayer's weight and S must be in the same param group");
-      layers_.push_back(layer);
+    torch::Tensor weight, S;
+    Layer layer;
+    if (auto dense = std::dynamic_pointer_cast<nn::QuadraticLayerImpl>(module)) {
+      weight = dense->weight, S = dense->S, layer.dense = dense;
     } else if (auto conv = std::dynamic_pointer_cast<nn::QuadraticConv2dImpl>(module)) {
-      // Not projected: plain SGD in its place would be a silent substitute.
-      TORCH_CHECK(!group_of.count(conv->weight.unsafeGetTensorImpl()) && !group_of.count(conv->S.unsafeGetTensorImpl()),
-                  "GLRAMSGD: the model's QuadraticConv2d parameters are in the param groups, but GLRAMSGD does not "
-                  "project QuadraticConv2d (its canonical space is the patch space; see the docs); give that layer's "
-                  "parameters to another optimizer");
+      weight = conv->weight, S = conv->S, layer.conv = conv;
+    } else {
+      continue;
     }
+    auto w = group_of.find(weight.unsafeGetTensorImpl());
+    auto s = group_of.find(S.unsafeGetTensorImpl());
+    if (w == group_of.end() && s == group_of.end()) continue;  // not optimized here
+    const char* kind = layer.conv ? "QuadraticConv2d" : "QuadraticLayer";
+    TORCH_CHECK(w != group_of.end() && s != group_of.end() && w->second == s->second, "GLRAMSGD: a ", kind,
+                "'s weight and S must be in the same param group");
+    TORCH_CHECK(!layer.conv || options_of(w->second).projection() == "tangent",
+                "GLRAMSGD: a QuadraticConv2d is in a param group with projection=\"full\", whose full projected step "
+                "is not implemented for convolutions; use projection=\"tangent\" (the default)");
+    layers_.push_back(std::move(layer));
   }
-  for (auto& layer : layers_) layer->set_capture(true);  // only once every check passed
+  // Capture only once every check passed, and only for the layers whose next step needs a batch.
+  for (auto& layer : layers_) {
+    if (!layer.dense) continue;
+    const auto& projection = options_of(group_of.at(layer.dense->weight.unsafeGetTensorImpl())).projection();
+    set_capturing(layer, projection == "full" ||
+                             !linalg::tangent_step_unavailable(layer.dense->weight, layer.dense->S).empty());
+  }
+}
+
+void GLRAMSGD::set_capturing(Layer& layer, bool capturing) {
+  if (!layer.dense || layer.capturing == capturing) return;
+  layer.dense->set_capture(capturing);
+  layer.capturing = capturing;
 }
 
 GLRAMSGD::~GLRAMSGD() {
-  for (auto& layer : layers_) layer->set_capture(false);
+  for (auto& layer : layers_) set_capturing(layer, false);
 }
 
 torch::Tensor GLRAMSGD::step(LossClosure closure) {
@@ -238,8 +336,12 @@ torch::Tensor GLRAMSGD::step(LossClosure closure) {
   }
   std::vector<ProjectedBatch> batches;
   for (auto& layer : layers_) {
-    auto captured = layer->captured();
-    batches.push_back({layer->weight, layer->S, captured.first, captured.second});
+    if (layer.conv) {
+      batches.push_back({layer.conv->weight, layer.conv->S, {}, {}, /*convolution=*/true});
+    } else {
+      auto captured = layer.dense->captured();
+      batches.push_back({layer.dense->weight, layer.dense->S, captured.first, captured.second});
+    }
   }
   auto updates = glram_sgd_updates(groups, batches);  // throws before anything is written
   for (auto& value : updates.values) value.first.copy_(value.second);
@@ -248,14 +350,19 @@ torch::Tensor GLRAMSGD::step(LossClosure closure) {
     state->momentum_buffer(entry.second);
     state_[state_key<StateKey>(entry.first)] = std::move(state);
   }
-  for (auto& layer : layers_) layer->drop_captured();
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    if (layers_[l].dense) layers_[l].dense->drop_captured();
+    set_capturing(layers_[l], updates.needs_batch[l]);
+  }
   last_projections_ = std::move(updates.projections);
   return loss;
 }
 
 void GLRAMSGD::zero_grad(bool set_to_none) {
   Optimizer::zero_grad(set_to_none);
-  for (auto& layer : layers_) layer->drop_captured();
+  for (auto& layer : layers_) {
+    if (layer.dense) layer.dense->drop_captured();
+  }
 }
 
 void GLRAMSGD::save(torch::serialize::OutputArchive& archive) const {

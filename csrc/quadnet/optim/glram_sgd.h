@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "../linalg/glram.h"
+#include "../linalg/tangent_step.h"
+#include "../nn/quadratic_conv.h"
 #include "../nn/quadratic_layer.h"
 
 namespace quadnet {
@@ -38,22 +40,35 @@ linalg::GLRAMResult quadratic_layer_step(const torch::Tensor& weight, const torc
 double captured_gradient_scale(const torch::Tensor& weight, const torch::Tensor& S, const torch::Tensor& X,
                                const torch::Tensor& G, const torch::Tensor& weight_grad, const torch::Tensor& S_grad);
 
-// torch.optim.SGD's rule (dampening 0, no Nesterov): returns (new param, new momentum buffer;
-// undefined when momentum is 0). Pure. Throws if the new param is not finite.
+// torch.optim.SGD's rule: d = grad + weight_decay·param; with momentum, b = d at first, then
+// b ← momentum·b + (1 − dampening)·d, and d = b (or d + momentum·b with nesterov). Returns
+// (new param, new momentum buffer; undefined when momentum is 0). Pure. Throws if the new param is
+// not finite.
 std::pair<torch::Tensor, torch::Tensor> sgd_update(const torch::Tensor& param, const torch::Tensor& grad,
                                                    const torch::Tensor& momentum_buffer, double lr,
-                                                   double momentum, double weight_decay);
+                                                   double momentum, double dampening, bool nesterov,
+                                                   double weight_decay);
 
 // ---- the options ----
 
 struct GLRAMSGDOptions : public torch::optim::OptimizerCloneableOptions<GLRAMSGDOptions> {
   GLRAMSGDOptions(double lr = 0.01) : lr_(lr) {}
   TORCH_ARG(double, lr);
-  TORCH_ARG(double, momentum) = 0;      // other parameters only (no canonical momentum)
+  // Momentum of every parameter: in the tangent space for projected layers ("tangent"), of the
+  // other parameters only with "full" (a canonical momentum there would need n·d² state).
+  TORCH_ARG(double, momentum) = 0;
+  TORCH_ARG(double, dampening) = 0;     // as torch.optim.SGD
+  TORCH_ARG(bool, nesterov) = false;    // as torch.optim.SGD (momentum > 0, dampening 0)
   TORCH_ARG(double, weight_decay) = 0;  // all parameters (canonical for quadratic layers)
   TORCH_ARG(double, tol) = 1e-6;        // GLRAM stopping tolerance
   TORCH_ARG(int64_t, max_iter) = 100;   // GLRAM iterations per step
   TORCH_ARG(std::string, solver) = "rayleigh_ritz";  // GLRAM solver (linalg::GLRAMOptions)
+  // How a quadratic layer is projected (docs/glram.rst): "tangent" (default), the tangent-space
+  // step from the layer's gradients (linalg::tangent_update; QuadraticLayer and QuadraticConv2d);
+  // "full", the projected step of the captured batch (linalg::projected_step; QuadraticLayer only).
+  // "tangent" takes the full step where the tangent step does not apply (a layer off the rank-r
+  // model, e.g. zero-initialised: linalg::tangent_step_unavailable), capturing batches only then.
+  TORCH_ARG(std::string, projection) = "tangent";
 
  public:
   void serialize(torch::serialize::InputArchive& archive) override;
@@ -62,15 +77,19 @@ struct GLRAMSGDOptions : public torch::optim::OptimizerCloneableOptions<GLRAMSGD
   void set_lr(const double lr) override { this->lr(lr); }
 };
 
-// Throws unless lr, momentum, weight_decay ≥ 0, max_iter ≥ 0 and solver is known (each group's
-// options are checked when an optimizer is built, in both languages).
+// Throws unless lr, momentum, dampening, weight_decay ≥ 0, max_iter ≥ 0, nesterov only with
+// momentum > 0 and dampening 0, and solver and projection are known (each group's options are
+// checked when an optimizer is built, in both languages).
 void check_options(const GLRAMSGDOptions& options);
 
 // ---- one step, shared by the C++ optimizer and Python's quadnet.optim.GLRAMSGD ----
 
 // A projected layer and the batch it captured since the last step (X, G undefined: none).
+// weight is the parameter itself: (rank, d), or (rank, C, kh, kw) for a convolution, whose
+// canonical space is the patch space (weight.flatten(1)); only a QuadraticLayer captures batches.
 struct ProjectedBatch {
   torch::Tensor weight, S, X, G;
+  bool convolution = false;
 };
 
 // A param group as a step sees it.
@@ -84,13 +103,20 @@ struct StepUpdates {
   std::vector<std::pair<torch::Tensor, torch::Tensor>> values;            // (parameter, new value)
   std::vector<std::pair<torch::Tensor, torch::Tensor>> momentum_buffers;  // (parameter, new buffer)
   std::vector<linalg::GLRAMResult> projections;  // one per layer stepped, in group order
+  // Per layer (in the order given): whether its next step needs a captured batch — projection
+  // "full", or a layer the tangent step does not apply to (tangent_step_unavailable).
+  std::vector<bool> needs_batch;
 };
 
-// Every update of one GLRAMSGD step, none written. Per group: the projected step of each layer
-// whose weight is in the group, that captured a batch and whose parameters have gradients
-// (G scaled by captured_gradient_scale; weight_decay on A); SGD (momentum, weight decay) for
-// every other parameter with a gradient. Throws — so nothing is written — on a layer split
-// across groups, gradients that do not match the captures, or a non-finite update.
+// Every update of one GLRAMSGD step, none written. Per group, for each layer whose weight is in
+// the group and whose parameters have gradients: with projection "tangent" and a layer on the
+// rank-r model, linalg::tangent_update from the gradients (momentum buffers of weight and S: the
+// tangent buffer's dW and dS); otherwise the full projected step of its captured batch (G scaled
+// by captured_gradient_scale; weight_decay on A; a layer that captured nothing is skipped with
+// "full"). SGD (momentum, weight decay) for every other parameter with a gradient. Throws — so
+// nothing is written — on a layer split across groups, gradients that do not match the captures,
+// a layer that needs a batch it did not capture (or a convolution off the model), or a
+// non-finite update.
 StepUpdates glram_sgd_updates(const std::vector<StepGroup>& groups, const std::vector<ProjectedBatch>& layers);
 
 // ---- the C++ optimizer ----
@@ -103,14 +129,14 @@ struct GLRAMSGDParamState : public torch::optim::OptimizerCloneableParamState<GL
   void serialize(torch::serialize::OutputArchive& archive) const override;
 };
 
-// Optimizes every parameter of `model` (or the given param groups). Each QuadraticLayer in it
-// is projected: the optimizer registers as a user of its capture (released by the
-// destructor), and step() consumes the (X, G) recorded by forward/backward, scaled as the
-// layer's gradients were edited (captured_gradient_scale); a layer whose output got no
-// gradient, or whose parameters have no .grad, is left untouched. All other parameters get
-// SGD. A step that throws (non-finite result, gradients that do not match the captures)
-// leaves every parameter, state tensor and capture as it was. The constructor throws if a
-// QuadraticConv2d's parameters are in the groups (not projected; docs/quadratic_conv.rst).
+// Optimizes every parameter of `model` (or the given param groups). Each QuadraticLayer and
+// QuadraticConv2d in it is projected (glram_sgd_updates): a layer whose parameters have no .grad
+// is left untouched. While a QuadraticLayer needs a batch for its next step (projection "full",
+// or off the rank-r model), the optimizer registers as a user of its capture (released when it
+// no longer does, and by the destructor), and step() consumes the (X, G) recorded by
+// forward/backward. All other parameters get SGD. A step that throws leaves every parameter,
+// state tensor and capture as it was. The constructor throws if a QuadraticConv2d's parameters
+// are in a group whose projection is "full" (its full step is not implemented).
 class GLRAMSGD : public torch::optim::Optimizer {
  public:
   GLRAMSGD(torch::nn::Module& model, GLRAMSGDOptions defaults);
@@ -134,7 +160,13 @@ class GLRAMSGD : public torch::optim::Optimizer {
   const std::vector<linalg::GLRAMResult>& last_projections() const { return last_projections_; }
 
  private:
-  std::vector<std::shared_ptr<nn::QuadraticLayerImpl>> layers_;
+  struct Layer {
+    std::shared_ptr<nn::QuadraticLayerImpl> dense;  // one of the two
+    std::shared_ptr<nn::QuadraticConv2dImpl> conv;
+    bool capturing = false;  // registered as a user of dense's capture
+  };
+  void set_capturing(Layer& layer, bool capturing);
+  std::vector<Layer> layers_;
   std::vector<linalg::GLRAMResult> last_projections_;
 };
 

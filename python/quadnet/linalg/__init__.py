@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .. import _C
 
-__all__ = ["GLRAMResult", "glram", "projected_step"]
+__all__ = ["GLRAMResult", "glram", "projected_step", "tangent_step", "tangent_step_unavailable"]
 
 #: Defaults shared with C++ ``quadnet::linalg::GLRAMOptions``.
 DEFAULT_TOL = 1e-6
@@ -81,3 +81,34 @@ def projected_step(weight: Tensor, S: Tensor, X: Tensor, G: Tensor, lr: float, *
     ``G (B, n)`` (``∂ℓ/∂y``).
     """
     return _wrap(_C.linalg.projected_step(weight, S, X, G, float(lr), tol, max_iter, solver))
+
+
+def tangent_step(weight: Tensor, S: Tensor, weight_grad: Tensor, S_grad: Tensor, lr: float, *,
+                 tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER,
+                 solver: str = DEFAULT_SOLVER) -> GLRAMResult:
+    r"""The tangent-space projected step ``Π(A − lr·P_T(G))``, from the layer's gradients alone.
+
+    ``P_T(G)`` is the orthogonal projection onto the model's tangent space at ``A_i = W^T S_i W``
+    of the canonical gradient ``G_i = X^T diag(g_i) X``; it is computed from ``weight_grad``
+    (``= 2 Σ_i S_i W G_i``) and ``S_grad`` (``= W G_i W^T``) — no batch — in the frame where the
+    weight's rows are orthonormal (``W^T = QR``, ``S_i ← R S_i R^T``, the same function)::
+
+        dS_i = sym(S_grad_i),   dW^T = (I − W^T W) (weight_grad^T / 2) (Σ_j S_j²)^{-1}
+
+    ``A − lr·ξ`` lies in the ``2r``-dimensional span of ``[W^T | dW^T]``, where GLRAM projects it
+    back exactly as :func:`glram` would (warm-started from ``weight``; ``tol``, ``max_iter``,
+    ``solver`` as there). Agrees with :func:`projected_step` to ``O(lr²)``; the move in the
+    canonical space is at most ``2·lr·||G||_F``. Raises ``RuntimeError`` where
+    :func:`tangent_step_unavailable` gives a reason (:doc:`/glram`, "Tangent step").
+
+    Shapes: ``weight (r, d)`` and ``weight_grad`` alike, ``S (n, r, r)`` and ``S_grad`` alike.
+    Cost ``O(d·r² + n·r³)``, independent of the batch.
+    """
+    return _wrap(_C.linalg.tangent_step(weight, S, weight_grad, S_grad, float(lr), tol, max_iter, solver))
+
+
+def tangent_step_unavailable(weight: Tensor, S: Tensor) -> str:
+    """Why :func:`tangent_step` does not apply at ``(weight, S)`` — dependent weight rows, or
+    ``Σ_i S_i²`` singular (e.g. a zero or rank-deficient ``S``) — or ``""`` when it does. At such a
+    point only :func:`projected_step` (which needs the batch) is defined."""
+    return _C.linalg.tangent_step_unavailable(weight, S)

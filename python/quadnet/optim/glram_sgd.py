@@ -8,105 +8,148 @@ from torch.optim import Optimizer
 
 from .. import _C
 from ..linalg import DEFAULT_MAX_ITER, DEFAULT_SOLVER, DEFAULT_TOL, GLRAMResult
-from ..nn.conv import quadratic_conv_of
+from ..nn.conv import QuadraticConv2d, quadratic_conv_of
 from ..nn.quadratic import QuadraticLayer, quadratic_layer_of
 
 __all__ = ["GLRAMSGD"]
 
 
+DEFAULT_PROJECTION = "tangent"
+
+
 class GLRAMSGD(Optimizer):
-    r"""Projected SGD for :class:`~quadnet.nn.QuadraticLayer`\ s, SGD for everything else.
+    r"""Projected SGD for quadratic layers, SGD for everything else.
 
-    For every quadratic layer whose ``weight`` and ``S`` are in a param group, a step moves the
-    canonical matrices and projects back (warm-started GLRAM; exact for one output)::
+    Every :class:`~quadnet.nn.QuadraticLayer` and :class:`~quadnet.nn.QuadraticConv2d` whose
+    ``weight`` and ``S`` are in a param group is stepped in its canonical space
+    ``A_i = W^T S_i W`` (for a convolution ``W = weight.flatten(1)``, the patch space) and
+    projected back onto the rank-``r`` model (:doc:`/glram`). Two projections:
 
-        A_i ← (1 − lr·weight_decay) W^T S_i W − lr · X^T diag(G[:, i]) X,   (W, S) ← GLRAM(A, rank)
+    ``projection="tangent"`` (default)
+        ``A ← Π(A − lr·ξ)`` with ``ξ`` the tangent-space projection of the canonical gradient
+        (plus momentum and weight decay, below), computed from the layer's ``.grad`` alone
+        (:func:`quadnet.linalg.tangent_step`): no batch, ``O(d·r² + n·r³)`` a step. It agrees with
+        the full step to ``O(lr²)``. A layer that is not on the rank-``r`` model — a zero weight or
+        ``S`` (the seed's ``W = S = 0`` protocol), a rank-deficient ``S``
+        (:func:`quadnet.linalg.tangent_step_unavailable`) — takes the full step instead, which
+        needs its batch: the optimizer has such a ``QuadraticLayer`` record ``X`` and
+        ``G = ∂ℓ/∂y`` during forward/backward only while it needs them (a convolution there
+        raises). Weight rows that are merely not orthonormal (a fresh random init) are rewritten
+        exactly (``W^T = QR``, ``S_i ← R S_i R^T``: the same function) without a batch.
+    ``projection="full"``
+        ``A_i ← (1 − lr·weight_decay) A_i − lr · X^T diag(G[:, i]) X``, then GLRAM
+        (:func:`quadnet.linalg.projected_step`), from the batch recorded during forward/backward:
+        the seed's algorithm exactly. ``QuadraticLayer`` only (convolutions are refused); no
+        momentum for the projected layers (a canonical momentum would need ``n·d²`` state).
 
-    computed without any ``d×d`` matrix (:func:`quadnet.linalg.projected_step`). ``X`` (the
-    layer's batch input) and ``G = ∂ℓ/∂y`` are recorded by the layer during forward/backward
-    while the optimizer exists, so the usual loop works unchanged:
-    ``opt.zero_grad(); loss.backward(); opt.step()``. A layer whose output got no gradient
-    since the last step (or whose parameters have no ``.grad``) is left untouched. All other
-    parameters get SGD with the group's ``momentum`` and ``weight_decay`` (their canonical
-    space is themselves); momentum does not apply to the projected layers (a canonical
-    momentum would need ``n·d²`` state).
+    The usual loop works unchanged: ``opt.zero_grad(); loss.backward(); opt.step()``. A layer
+    whose parameters have no ``.grad`` is left untouched. All other parameters get
+    ``torch.optim.SGD``'s update with the group's ``momentum``, ``dampening``, ``nesterov`` and
+    ``weight_decay``.
 
-    Edited gradients: the step follows a uniform scaling of a layer's ``.grad`` — gradient
-    clipping by norm, ``torch.amp.GradScaler`` (scaled losses, ``unscale_``, skipped steps) — by
-    scaling ``G`` by the same factor, and raises ``RuntimeError`` for any other edit
-    (``clip_grad_value_``, a penalty added to ``.grad``), which it cannot express in the
-    canonical space (:doc:`/glram`, "Edited gradients"). The optimizer's ``zero_grad`` forgets the
-    recorded batches along with the gradients; zeroing with ``model.zero_grad()`` instead
-    leaves them, and the next step raises on the mismatch.
+    Momentum of a projected layer (``"tangent"``): its buffer is a tangent vector at the current
+    point, kept as ``(dW, dS)`` in ``state[weight]["momentum_buffer"]`` and
+    ``state[S]["momentum_buffer"]`` (the parameters' shapes, ``O(d·r + n·r²)``); each step forms
+    ``d = P_T(G) + weight_decay·A``, ``b ← momentum·b + (1 − dampening)·d`` (``b = d`` at first),
+    moves along ``b`` (or ``d + momentum·b`` with ``nesterov``), and carries ``b`` to the new
+    point by projecting it onto the new tangent space.
 
-    Under ``torch.distributed`` (e.g. DDP) every rank projects the canonical gradient of the
-    *global* batch: ``X`` and ``G`` are all-gathered, and ``G`` is divided by the world size to
-    match DDP's gradient averaging, so ranks stay identical and equal a single process on the
-    concatenated batch (with a per-rank mean loss and equal per-rank batches).
+    Gradients: with ``"tangent"`` a step is a function of the parameters and their ``.grad``,
+    so gradient accumulation, clipping of any kind, ``GradScaler`` and DDP act on projected
+    layers as on any parameter. With ``"full"`` the step is computed from the recorded batch; it
+    follows a uniform scaling of ``.grad`` (clipping by norm, ``GradScaler``) by scaling ``G`` and
+    raises ``RuntimeError`` for any other edit (:doc:`/glram`, "Edited gradients"); under
+    ``torch.distributed`` the batches are all-gathered (``G`` divided by the world size, DDP's
+    mean). The optimizer's ``zero_grad`` forgets recorded batches along with the gradients.
 
-    A step that would make any parameter NaN/Inf raises ``RuntimeError`` and changes no
-    parameter or state. The update rules are the C++ ones (``quadnet::optim``).
+    A step that would make any parameter NaN/Inf, or that cannot do what was asked, raises and
+    changes no parameter or state. The update rules are the C++ ones (``quadnet::optim``).
 
     Args:
         params: an ``nn.Module`` (all its parameters), or an iterable of parameters / param
             group dicts, as for ``torch.optim.SGD``. Quadratic layers are found from their
             parameters, so ``GLRAMSGD(model.parameters(), ...)`` works (also after
             ``copy.deepcopy``, pickling, ``load_state_dict(..., assign=True)`` or assigning a
-            new ``weight`` / ``S``), and so does giving only the quadratic layers' parameters
-            here and the rest to another optimizer. A layer's ``weight`` and ``S`` must be in
-            the same param group (``ValueError`` otherwise: half a layer would get plain SGD).
-            Parameters of a :class:`~quadnet.nn.QuadraticConv2d` are refused (``ValueError``):
-            GLRAMSGD does not project convolutional layers (:doc:`/quadratic_conv`).
+            new ``weight`` / ``S``). A layer's ``weight`` and ``S`` must be in the same param
+            group (``ValueError`` otherwise: half a layer would get plain SGD).
         lr: learning rate.
-        momentum: momentum of the non-quadratic parameters (default 0).
+        momentum: momentum factor (default 0): of every parameter with ``"tangent"``, of the
+            non-quadratic parameters with ``"full"``.
+        dampening: dampening for momentum (default 0).
+        nesterov: Nesterov momentum (default ``False``; needs ``momentum > 0``, ``dampening = 0``).
         weight_decay: L2 penalty, on the canonical ``A_i`` for quadratic layers (default 0).
         tol: GLRAM stopping tolerance (default 1e-6).
         max_iter: GLRAM iterations per step at most (default 100).
         solver: GLRAM solver, ``"rayleigh_ritz"`` (default) or ``"exact"``
             (:func:`quadnet.linalg.glram`).
+        projection: ``"tangent"`` (default) or ``"full"``, as above.
     """
 
     def __init__(self, params: Union[torch.nn.Module, Iterable], lr: float, *, momentum: float = 0.0,
-                 weight_decay: float = 0.0, tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER,
-                 solver: str = DEFAULT_SOLVER):
+                 dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
+                 tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER, solver: str = DEFAULT_SOLVER,
+                 projection: str = DEFAULT_PROJECTION):
         layers = []
         if isinstance(params, torch.nn.Module):
-            layers = [m for m in params.modules() if isinstance(m, QuadraticLayer)]
+            layers = [m for m in params.modules() if isinstance(m, (QuadraticLayer, QuadraticConv2d))]
             params = params.parameters()
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, tol=tol, max_iter=max_iter, solver=solver)
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
+                        weight_decay=weight_decay, tol=tol, max_iter=max_iter, solver=solver, projection=projection)
         _check_options(defaults)
         super().__init__(params, defaults)
         if not layers:  # plain parameters: find the layers they belong to (weight or S)
-            found = (quadratic_layer_of(p) for g in self.param_groups for p in g["params"])
+            found = (_layer_of(p) for g in self.param_groups for p in g["params"])
             layers = list({id(layer): layer for layer in found if layer is not None}.values())
-        self._layers = layers
-        _check_layers_in_groups(layers, self.param_groups)
-        _refuse_convolutions(self.param_groups)
-        for layer in layers:
-            layer.set_capture(True)
+        in_groups = {id(p) for g in self.param_groups for p in g["params"]}
+        self._layers = [layer for layer in layers if id(layer.weight) in in_groups or id(layer.S) in in_groups]
+        _check_layers_in_groups(self._layers, self.param_groups)
+        _refuse_full_convolutions(self.param_groups)
+        self._capturing = {}  # id(layer) -> layer, for the layers this optimizer has capture on
+        for layer in self._layers:
+            self._set_capturing(layer, self._needs_batch(layer))
         # When the optimizer is gone its layers stop capturing (other optimizers' uses remain).
-        weakref.finalize(self, _release_capture, [weakref.ref(layer) for layer in layers])
+        weakref.finalize(self, _release_capture, self._capturing)
         #: GLRAM results of the last step, one per projected layer (objective, iterations).
         self.last_projections: list = []
+
+    def _needs_batch(self, layer) -> bool:
+        """Whether the layer's next step is a full projected step, which needs its batch."""
+        if isinstance(layer, QuadraticConv2d):
+            return False
+        group = next(g for g in self.param_groups if any(p is layer.weight for p in g["params"]))
+        return group["projection"] == "full" or bool(_C.linalg.tangent_step_unavailable(layer.weight, layer.S))
+
+    def _set_capturing(self, layer, capturing: bool) -> None:
+        if isinstance(layer, QuadraticConv2d) or (id(layer) in self._capturing) == capturing:
+            return
+        layer.set_capture(capturing)
+        if capturing:
+            self._capturing[id(layer)] = weakref.ref(layer)
+        else:
+            del self._capturing[id(layer)]
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """``Optimizer.zero_grad``, and forgets the layers' recorded batches (their gradients
         are gone; e.g. a step skipped by ``GradScaler`` must not leak its batch into the next)."""
         super().zero_grad(set_to_none)
         for layer in self._layers:
-            layer.drop_captured()
+            if isinstance(layer, QuadraticLayer):
+                layer.drop_captured()
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        for group in self.param_groups:  # state dicts saved before the option existed
+        for group in self.param_groups:  # state dicts saved before these options existed
             group.setdefault("solver", DEFAULT_SOLVER)
+            group.setdefault("projection", DEFAULT_PROJECTION)
+            group.setdefault("dampening", 0.0)
+            group.setdefault("nesterov", False)
 
     def add_param_group(self, param_group: dict) -> None:
         """``Optimizer.add_param_group``, with the group's options checked as in C++."""
         super().add_param_group(param_group)
         try:
             _check_options(self.param_groups[-1])
-            _refuse_convolutions(self.param_groups[-1:])
+            _refuse_full_convolutions(self.param_groups[-1:])
         except ValueError:
             self.param_groups.pop()
             raise
@@ -119,38 +162,51 @@ class GLRAMSGD(Optimizer):
                 loss = closure()
         # Checked for every group before any capture is consumed: a refused step changes nothing.
         _check_layers_in_groups(self._layers, self.param_groups)
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         batches = []
         for layer in self._layers:
+            if isinstance(layer, QuadraticConv2d):
+                batches.append((layer.weight, layer.S, None, None, True))
+                continue
             X, G = layer.captured()
-            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            if distributed and id(layer) in self._capturing:
                 X, G = _all_gather_batch(layer, X, G)
-            batches.append((layer.weight, layer.S, X, G))
+            batches.append((layer.weight, layer.S, X, G, False))
         def momentum_buffer_of(p):
             return self.state[p].get("momentum_buffer") if p in self.state else None  # no empty state entries
         groups = [(group["params"], [momentum_buffer_of(p) for p in group["params"]], group)
                   for group in self.param_groups]
         # The updates are computed (and checked) in C++, the same function as quadnet::optim::GLRAMSGD::step.
-        values, buffers, projections = _C.optim.glram_sgd_updates(groups, batches)
+        values, buffers, projections, needs_batch = _C.optim.glram_sgd_updates(groups, batches)
         for target, value in values:
             target.copy_(value)
         for p, buffer in buffers:
             self.state[p]["momentum_buffer"] = buffer
-        for layer in self._layers:
-            layer.drop_captured()
+        for layer, needs in zip(self._layers, needs_batch):
+            if isinstance(layer, QuadraticLayer):
+                layer.drop_captured()
+            self._set_capturing(layer, needs)
         self.last_projections = [GLRAMResult(r.weight, r.S, r.objective, r.iterations, r.converged)
                                  for r in projections]
         return loss
 
 
-def _refuse_convolutions(groups) -> None:
-    """QuadraticConv2d parameters are refused: GLRAMSGD does not project them, and plain SGD in
-    their place would be a silent substitute (docs/quadratic_conv.rst, "Projection")."""
+def _layer_of(p):
+    return quadratic_layer_of(p) or quadratic_conv_of(p)
+
+
+def _refuse_full_convolutions(groups) -> None:
+    """QuadraticConv2d parameters in a group with projection="full" are refused: the full
+    projected step is not implemented for convolutions, and plain SGD in its place would be a
+    silent substitute."""
     for group in groups:
+        if group["projection"] != "full":
+            continue
         for p in group["params"]:
             if quadratic_conv_of(p) is not None:
-                raise ValueError(f"GLRAMSGD: a parameter of shape {tuple(p.shape)} belongs to a QuadraticConv2d, "
-                                 "which GLRAMSGD does not project (its canonical space is the patch space; see the "
-                                 "docs); give that layer's parameters to another optimizer (e.g. torch.optim.Adam)")
+                raise ValueError(f"GLRAMSGD: a parameter of shape {tuple(p.shape)} belongs to a QuadraticConv2d, in "
+                                 "a param group with projection='full', whose full projected step is not implemented "
+                                 "for convolutions; use projection='tangent' (the default)")
 
 
 def _check_options(group: dict) -> None:
@@ -160,8 +216,8 @@ def _check_options(group: dict) -> None:
         raise ValueError(str(error).splitlines()[0]) from None
 
 
-def _release_capture(layers) -> None:
-    for ref in layers:
+def _release_capture(capturing: dict) -> None:
+    for ref in capturing.values():
         layer = ref()
         if layer is not None:
             layer.set_capture(False)
@@ -173,7 +229,7 @@ def _check_layers_in_groups(layers, param_groups) -> None:
         in_group = {id(p) for p in group["params"]}
         for layer in layers:
             if (id(layer.weight) in in_group) != (id(layer.S) in in_group):
-                raise ValueError("GLRAMSGD: a QuadraticLayer's weight and S must be in the same param group "
+                raise ValueError(f"GLRAMSGD: a {type(layer).__name__}'s weight and S must be in the same param group "
                                  f"(found only its {'weight' if id(layer.weight) in in_group else 'S'} in a "
                                  f"group for {layer!r})")
 
