@@ -10,7 +10,7 @@ from ._registry import ParameterRegistry
 
 __all__ = ["QuadraticConv2d", "DiagonalQuadraticConv2d", "PolynomialConvBlock"]
 
-# So GLRAMSGD, given plain parameters, can refuse these layers (it does not project them).
+# So GLRAMSGD, given plain parameters, finds these layers (and refuses them with projection="full").
 _CONVS = ParameterRegistry()
 
 
