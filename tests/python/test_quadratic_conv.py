@@ -355,19 +355,20 @@ def test_export_keeps_the_op_with_dynamic_batch():
             torch.testing.assert_close(program.module()(x), model(x))
 
 
-def test_glram_sgd_refuses_convolutional_layers():
-    """GLRAMSGD does not project QuadraticConv2d: an error, never plain SGD in its place."""
+def test_glram_sgd_full_projection_refuses_convolutional_layers():
+    """projection="full" does not project QuadraticConv2d: an error, never plain SGD in its place
+    (the default tangent step projects it: test_tangent_step.py)."""
     model = torch.nn.Sequential(QuadraticConv2d(1, 2, 3, rank=2), torch.nn.Flatten())
     weight_before = model[0].weight.detach().clone()
-    with pytest.raises(ValueError, match=r"GLRAMSGD: .*QuadraticConv2d.* does not project"):
-        quadnet.optim.GLRAMSGD(model, lr=0.1)
-    with pytest.raises(ValueError, match=r"GLRAMSGD: .*QuadraticConv2d.* does not project"):
-        quadnet.optim.GLRAMSGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"GLRAMSGD: .*QuadraticConv2d.*not implemented for convolutions"):
+        quadnet.optim.GLRAMSGD(model, lr=0.1, projection="full")
+    with pytest.raises(ValueError, match=r"GLRAMSGD: .*QuadraticConv2d.*not implemented for convolutions"):
+        quadnet.optim.GLRAMSGD(model.parameters(), lr=0.1, projection="full")
     copied = copy.deepcopy(model)
-    with pytest.raises(ValueError, match=r"does not project"):
-        quadnet.optim.GLRAMSGD(copied.parameters(), lr=0.1)
-    opt = quadnet.optim.GLRAMSGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
-    with pytest.raises(ValueError, match=r"does not project"):
+    with pytest.raises(ValueError, match=r"not implemented for convolutions"):
+        quadnet.optim.GLRAMSGD(copied.parameters(), lr=0.1, projection="full")
+    opt = quadnet.optim.GLRAMSGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1, projection="full")
+    with pytest.raises(ValueError, match=r"not implemented for convolutions"):
         opt.add_param_group({"params": list(model.parameters())})
     assert len(opt.param_groups) == 1
     torch.testing.assert_close(model[0].weight, weight_before)
