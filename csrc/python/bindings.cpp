@@ -66,6 +66,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
              py::arg("S"), py::call_guard<py::gil_scoped_release>());
 
   auto optim = m.def_submodule("optim", "optimizer update rules");
+  optim.def("needs_batch",
+            [](const std::string& projection, const torch::Tensor& weight, const torch::Tensor& S, bool convolution) {
+              return quadnet::optim::needs_batch(projection, {weight, S, {}, {}, convolution});
+            },
+            py::arg("projection"), py::arg("weight"), py::arg("S"), py::arg("convolution"),
+            py::call_guard<py::gil_scoped_release>());
   optim.def("check_options", [](const py::dict& group) { quadnet::optim::check_options(glram_sgd_options(group)); },
             py::arg("group"));
   using GroupArg = std::tuple<std::vector<torch::Tensor>, std::vector<c10::optional<torch::Tensor>>, py::dict>;

@@ -3,6 +3,8 @@
 
 #include <quadnet/quadnet.h>
 
+#include "testing.h"
+
 #include <cstdio>
 #include <string>
 
@@ -13,14 +15,7 @@ using quadnet::nn::PolynomialConvBlockOptions;
 using quadnet::nn::QuadraticConv2d;
 using quadnet::nn::QuadraticConv2dOptions;
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  return "no error";
-}
+using quadnet::testing::error_of;
 
 // Independent reference: the dense form u^T A_i u of every patch u (torch::nn::functional::unfold).
 torch::Tensor unfold_reference(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& S,

@@ -6,6 +6,8 @@
 
 #include <quadnet/quadnet.h>
 
+#include "testing.h"
+
 #include <cmath>
 #include <sstream>
 #include <string>
@@ -42,14 +44,7 @@ Layer random_layer(int64_t d, int64_t r, int64_t n, int64_t B, double S_scale_la
 
 torch::Tensor canonical(const quadnet::linalg::GLRAMResult& r) { return quadnet::canonical_form(r.weight, r.S); }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const std::exception& e) {
-    return e.what();
-  }
-  return "";
-}
+using quadnet::testing::error_of;
 
 TEST(TangentStep, AgreesWithTheFullStepToFirstOrder) {
   auto l = random_layer(30, 4, 3, 50);

@@ -57,6 +57,9 @@ GLRAMResult glram_float64(const at::Tensor& A, int64_t r, at::Tensor V0, const G
 void check_finite(const char* op, const char* name, const at::Tensor& t);
 void check_options(const char* op, const GLRAMOptions& options);
 void check_rank(const char* op, int64_t rank, int64_t d);
+// A layer's weight (rank, d) and S (n, rank, rank): shapes, rank in [1, d], one floating dtype,
+// finite values.
+void check_layer(const char* op, const at::Tensor& weight, const at::Tensor& S);
 
 // The result's weight and S in like's dtype and device.
 GLRAMResult cast_result(GLRAMResult result, const at::Tensor& like);

@@ -175,6 +175,17 @@ void check_rank(const char* op, int64_t rank, int64_t d) {
   TORCH_CHECK(rank >= 1 && rank <= d, op, ": rank must be in [1, ", d, "] (the matrix size), got ", rank);
 }
 
+void check_layer(const char* op, const at::Tensor& weight, const at::Tensor& S) {
+  TORCH_CHECK(weight.dim() == 2, op, ": expected weight of shape (rank, d), got shape ", weight.sizes());
+  const auto r = weight.size(0), d = weight.size(1);
+  TORCH_CHECK(S.dim() == 3 && S.size(1) == r && S.size(2) == r, op,
+              ": expected S of shape (n, rank=", r, ", rank=", r, "), got shape ", S.sizes());
+  check_rank(op, r, d);
+  utils::check_same_floating(op, {{"weight", weight}, {"S", S}});
+  check_finite(op, "weight", weight);
+  check_finite(op, "S", S);
+}
+
 GLRAMResult cast_result(GLRAMResult result, const at::Tensor& like) {
   result.weight = result.weight.to(like.options());
   result.S = result.S.to(like.options());

@@ -257,24 +257,18 @@ std::optional<GLRAMResult> rayleigh_ritz_in_span(const LowRankMatrices& in_space
 GLRAMResult projected_step(const at::Tensor& weight, const at::Tensor& S, const at::Tensor& X,
                            const at::Tensor& G, double lr, const GLRAMOptions& options) {
   constexpr const char* op = "projected_step";
-  TORCH_CHECK(weight.dim() == 2, op, ": expected weight of shape (rank, d), got shape ", weight.sizes());
-  const auto r = weight.size(0), d = weight.size(1);
-  TORCH_CHECK(S.dim() == 3 && S.size(1) == r && S.size(2) == r, op,
-              ": expected S of shape (n, rank=", r, ", rank=", r, "), got shape ", S.sizes());
-  const auto n = S.size(0);
+  check_layer(op, weight, S);
+  const auto r = weight.size(0), d = weight.size(1), n = S.size(0);
   TORCH_CHECK(X.dim() == 2 && X.size(1) == d, op, ": expected X of shape (batch, d=", d,
               "), got shape ", X.sizes());
   TORCH_CHECK(G.dim() == 2 && G.size(0) == X.size(0) && G.size(1) == n, op,
               ": expected G of shape (batch=", X.size(0), ", n=", n, "), got shape ", G.sizes());
-  utils::check_same_floating(op, {{"weight", weight}, {"S", S}, {"X", X}, {"G", G}});
+  utils::check_same_floating(op, {{"weight", weight}, {"X", X}, {"G", G}});
   TORCH_CHECK(std::isfinite(lr), op, ": lr must be finite, got ", lr);
   TORCH_CHECK(!options.init().defined(), op, ": the warm start is `weight`; options.init must be unset");
   check_options(op, options);
-  check_rank(op, r, d);
-  for (const auto& t : {std::make_pair("weight", weight), std::make_pair("S", S),
-                        std::make_pair("X", X), std::make_pair("G", G)}) {
-    check_finite(op, t.first, t.second);
-  }
+  check_finite(op, "X", X);
+  check_finite(op, "G", G);
 
   auto W64 = weight.to(at::kDouble), X64 = X.to(at::kDouble), G64 = G.to(at::kDouble);
   auto S64 = symmetric_part(S.to(at::kDouble));

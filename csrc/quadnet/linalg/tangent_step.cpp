@@ -40,10 +40,8 @@ double singular_tol(at::ScalarType dtype) {
   return std::min(std::max(1e4 * eps * eps, 100 * DBL_EPSILON), 1e-8);
 }
 
-// Weight rows more dependent than this (smallest |R_jj| / largest) have no frame.
-constexpr double kDependentRows = 1e-10;
-// Rows up to this far from orthonormal (cond(W) ≲ 1 + this) are handled through the Gram matrix
-// W W^T (CholeskyQR, exact to cond(W)² · eps); beyond, the frame is made by Householder QR first.
+// Rows up to this far from orthonormal (|W W^T − I| ≤ this) are handled through the Gram matrix
+// W W^T (its Cholesky factor R ≈ I); beyond, the weight is rewritten with orthonormal rows first.
 constexpr double kNearOrthonormal = 1e-3;
 // Directions of the step's K-part with Gram eigenvalue below this × the largest are dropped from
 // the retraction basis (numerically in span V already, or zero).
@@ -65,7 +63,8 @@ at::Tensor sum_squares(const at::Tensor& S) {
 
 // The eigen-decomposition of Σ_i S_i², and why the tangent step does not apply (empty if it does).
 struct SumSquares {
-  at::Tensor values, vectors;  // ascending
+  at::Tensor matrix;           // Σ_i S_i²
+  at::Tensor values, vectors;  // its eigen-decomposition, ascending
   std::string singular;
   // (Σ_i S_i²)^{-1}, or its pseudo-inverse over the eigenvalues above the singularity threshold.
   at::Tensor inverse(double tol) const {
@@ -78,7 +77,8 @@ struct SumSquares {
 
 SumSquares sum_squares_of(const at::Tensor& S, double tol) {
   SumSquares out;
-  std::tie(out.values, out.vectors) = at::linalg_eigh(symmetric_part(sum_squares(S)));
+  out.matrix = symmetric_part(sum_squares(S));
+  std::tie(out.values, out.vectors) = at::linalg_eigh(out.matrix);
   const double largest = out.values[-1].item<double>(), smallest = out.values[0].item<double>();
   if (!(largest > 0)) {
     out.singular = "S is zero (Σ_i S_i² = 0)";
@@ -89,28 +89,6 @@ SumSquares sum_squares_of(const at::Tensor& S, double tol) {
     out.singular = reason.str();
   }
   return out;
-}
-
-// The rows of weight (r × d) rewritten orthonormal by Householder QR, W^T = Q R with R_jj ≥ 0:
-// (Q^T, R), or undefined if the rows are dependent.
-std::pair<at::Tensor, at::Tensor> householder_frame(const at::Tensor& W) {
-  auto qr = at::linalg_qr(W.t(), "reduced");
-  auto Q = std::get<0>(qr), R = std::get<1>(qr);
-  auto signs = at::where(R.diagonal() < 0, -at::ones_like(R.diagonal()), at::ones_like(R.diagonal()));
-  auto diag = R.diagonal().abs();
-  const double largest = diag.max().item<double>();
-  if (!(largest > 0) || diag.min().item<double>() <= kDependentRows * largest) return {};
-  return {(Q * signs).t(), signs.unsqueeze(1) * R};
-}
-
-// Upper Cholesky factor of W W^T (T) if W's rows are near orthonormal (|T − I| ≤ kNearOrthonormal),
-// else undefined.
-at::Tensor near_orthonormal_factor(const at::Tensor& T) {
-  const double drift = (T - at::eye(T.size(0), T.options())).abs().max().item<double>();
-  if (!(drift <= kNearOrthonormal)) return at::Tensor();
-  auto chol = at::linalg_cholesky_ex(T, /*upper=*/true);
-  if (std::get<1>(chol).item<int64_t>() != 0) return at::Tensor();
-  return std::get<0>(chol);
 }
 
 // The vectors B·c of the step, B = [block_0^T | block_1^T | …] (blocks r × d), through Γ = B^T B.
@@ -165,8 +143,8 @@ at::Tensor orthonormal_columns(const Span& span, const at::Tensor& c) {
   auto normalised = c.index_select(1, nonzero) / lengths.index_select(0, nonzero);
   auto [phi, F] = at::linalg_eigh(symmetric_part(span.inner(normalised, normalised)));
   const double phi_max = phi[-1].item<double>();
-  auto keep = at::nonzero(phi > kNegligibleDirection * phi_max).squeeze(1);
   if (!(phi_max > 0)) return empty;
+  auto keep = at::nonzero(phi > kNegligibleDirection * phi_max).squeeze(1);
   return at::mm(normalised, F.index_select(1, keep) * phi.index_select(0, keep).rsqrt());
 }
 
@@ -188,8 +166,8 @@ at::Tensor orthogonal_part(const Span& span, const at::Tensor& cV, const at::Ten
 
 // The orthogonal projection of a tangent vector ξ at (cV, S; LS_i = Λ^{-1} S_i) onto the tangent
 // space at (cW, T) (cW orthonormal): dS'_i = W ξ_i W^T and N' = (I − W^T W) Σ_j ξ_j W^T T_j.
-Tangent project_tangent(const Span& span, const Tangent& xi, const at::Tensor& cV, const at::Tensor& S,
-                        const at::Tensor& LS, const at::Tensor& cW, const at::Tensor& T) {
+Tangent project_tangent(const Span& span, const Tangent& xi, const at::Tensor& cV, const at::Tensor& LS,
+                        const at::Tensor& cW, const at::Tensor& T) {
   auto a = span.inner(cW, cV);      // W V (r × r)
   auto kN = span.inner(cW, xi.cN);  // W N
   auto WKS = at::matmul(kN, LS);    // W K S_i (n × r × r)
@@ -197,40 +175,40 @@ Tangent project_tangent(const Span& span, const Tangent& xi, const at::Tensor& c
   // Σ_j ξ_j W^T T_j = V Σ_j (dS_j a^T + S_j K^T W^T) T_j + N Σ_j LS_j a^T T_j
   auto X1 = sum_products(at::matmul(xi.dS, a.t()) + WKS.transpose(1, 2), T);
   auto X2 = sum_products(at::matmul(LS, a.t()), T);
-  (void)S;
   return {dS, orthogonal_part(span, cW, at::mm(cV, X1) + at::mm(xi.cN, X2))};
 }
 
 void check_layer(const at::Tensor& weight, const at::Tensor& S) {
-  TORCH_CHECK(weight.dim() == 2, kOp, ": expected weight of shape (rank, d), got shape ", weight.sizes());
-  const auto r = weight.size(0), d = weight.size(1);
-  TORCH_CHECK(S.dim() == 3 && S.size(1) == r && S.size(2) == r, kOp, ": expected S of shape (n, rank=", r,
-              ", rank=", r, "), got shape ", S.sizes());
+  detail::check_layer(kOp, weight, S);
   TORCH_CHECK(S.size(0) >= 1, kOp, ": S has no outputs, shape ", S.sizes());
-  check_rank(kOp, r, d);
-  utils::check_same_floating(kOp, {{"weight", weight}, {"S", S}});
-  check_finite(kOp, "weight", weight);
-  check_finite(kOp, "S", S);
 }
 
-// The frame of (W, S) (float64): V = W'^T orthonormal, W' = R^{-T} W, S' = R S R^T. R undefined:
-// the weight's rows are dependent.
+// The frame of a float64 (W, S): the weight the Gram route works with and S beside it, and the
+// Cholesky factor of its rows' Gram matrix, W W^T = R^T R with R ≈ I. A weight whose rows are far
+// from orthonormal (a fresh init) is first rewritten exactly, W = P^T Q^T with Q = orthonormal_rows(W)
+// and P = Q^T W^T: W ← Q^T, S ← P S P^T (the same A_i). R undefined: the rows are dependent.
 struct Frame {
-  at::Tensor W;      // (r × d) rows orthonormal to kNearOrthonormal (Householder) or W itself
-  at::Tensor S;      // S in the frame of W (Householder route) or S itself
-  at::Tensor R;      // W W^T = R^T R (upper) for W above; undefined: dependent rows
-  at::Tensor Q_R;    // the Householder R (W_original^T = Q Q_R), undefined when not used
+  at::Tensor W, S;
+  at::Tensor R, R_inv;
+  at::Tensor P;  // the rewrite, undefined when there was none
 };
 
 Frame frame_of(const at::Tensor& W, const at::Tensor& S) {
   auto T = at::mm(W, W.t());
-  if (auto R = near_orthonormal_factor(T); R.defined()) return {W, S, R, at::Tensor()};
-  auto householder = householder_frame(W);
-  if (!householder.first.defined()) return {};
-  const auto& Q_R = householder.second;
-  auto Wq = householder.first;
-  return {Wq, sandwich(Q_R, S, Q_R), at::eye(W.size(0), W.options()), Q_R};
+  const double drift = (T - at::eye(T.size(0), T.options())).abs().max().item<double>();
+  if (drift <= kNearOrthonormal) {
+    auto [R, R_inv] = cholesky_qr(T);
+    if (R.defined()) return {W, S, R, R_inv, at::Tensor()};
+  }
+  auto Q = orthonormal_rows(W);
+  if (!Q.defined()) return {};
+  auto P = at::mm(Q.t(), W.t());
+  auto I = at::eye(W.size(0), W.options());
+  return {Q.t(), sandwich(P, S, P), I, I, P};
 }
+
+constexpr const char* kDependentRowsReason =
+    "the weight's rows are linearly dependent (rank < r, e.g. a zero weight)";
 
 }  // namespace
 
@@ -239,7 +217,7 @@ std::string tangent_step_unavailable(const at::Tensor& weight, const at::Tensor&
   auto W64 = weight.to(at::kDouble);
   auto S64 = symmetric_part(S.to(at::kDouble));
   auto frame = frame_of(W64, S64);
-  if (!frame.R.defined()) return "the weight's rows are linearly dependent (rank < r, e.g. a zero weight)";
+  if (!frame.R.defined()) return kDependentRowsReason;
   auto S_frame = sandwich(frame.R, frame.S, frame.R);
   return sum_squares_of(S_frame, singular_tol(weight.scalar_type())).singular;
 }
@@ -276,28 +254,28 @@ TangentUpdateResult tangent_update(const at::Tensor& weight, const at::Tensor& S
   const double tol = singular_tol(weight.scalar_type());
   const auto r = weight.size(0);
 
-  // 1. The frame. W, S, the gradients and the buffer as the W the Gram route works with: the
-  //    weight itself when near orthonormal, else its Householder rewrite (rare: fresh inits).
-  auto W = weight.to(at::kDouble);
-  auto Sg = S.to(at::kDouble);
+  // 1. The frame: W, S, the gradients and the buffer in the frame of the Gram route (the inputs,
+  //    or their rewrite with orthonormal rows: the gradients and the buffer transform with it).
+  auto frame = frame_of(weight.to(at::kDouble), symmetric_part(S.to(at::kDouble)));
+  TangentUpdateResult result;
+  if (!frame.R.defined()) {
+    result.unavailable = kDependentRowsReason;
+    return result;
+  }
   auto Wg = weight_grad.to(at::kDouble);
-  auto Sgg = symmetric_part(S_grad.to(at::kDouble));
+  auto S_grad64 = symmetric_part(S_grad.to(at::kDouble));
   at::Tensor bW, bS;
   if (has_buffer) bW = momentum_buffer.dW.to(at::kDouble), bS = symmetric_part(momentum_buffer.dS.to(at::kDouble));
-  Sg = symmetric_part(Sg);
-  auto frame = frame_of(W, Sg);
-  TORCH_CHECK(frame.R.defined(), kOp, ": the tangent step does not apply: the weight's rows are linearly dependent "
-              "(rank < r, e.g. a zero weight); such a layer needs the full projected step (projected_step)");
-  if (frame.Q_R.defined()) {  // gradients and buffer in the Householder frame (same tangent vectors)
-    const auto& Rq = frame.Q_R;
-    auto Rq_inv = at::linalg_solve_triangular(Rq, at::eye(r, Rq.options()), /*upper=*/true);
-    Wg = at::mm(Rq, Wg);
-    Sgg = sandwich(Rq_inv.t(), Sgg, Rq_inv.t());
-    if (has_buffer) bW = at::mm(Rq_inv.t(), bW), bS = sandwich(Rq, bS, Rq);
+  if (frame.P.defined()) {  // W.grad → P W.grad, S.grad → P^{-T} S.grad P^{-1}, dW → P^{-T} dW, dS → P dS P^T
+    const auto& P = frame.P;
+    auto P_inv_t = at::linalg_inv(P).t();
+    Wg = at::mm(P, Wg);
+    S_grad64 = sandwich(P_inv_t, S_grad64, P_inv_t);
+    if (has_buffer) bW = at::mm(P_inv_t, bW), bS = sandwich(P, bS, P);
   }
-  W = frame.W;
+  const auto& W = frame.W;
   const auto& R = frame.R;  // W W^T = R^T R, R ≈ I
-  auto R_inv = at::linalg_solve_triangular(R, at::eye(r, R.options()), /*upper=*/true);
+  const auto& R_inv = frame.R_inv;
   std::vector<at::Tensor> blocks{W, Wg};
   if (has_buffer) blocks.push_back(bW);
   const Span span(blocks);
@@ -305,13 +283,15 @@ TangentUpdateResult tangent_update(const at::Tensor& weight, const at::Tensor& S
   auto cV = span.of_block(0, R_inv);
   auto Sf = symmetric_part(sandwich(R, frame.S, R));
   auto squares = sum_squares_of(Sf, tol);
-  TORCH_CHECK(squares.singular.empty(), kOp, ": the tangent step does not apply: ", squares.singular,
-              "; such a layer needs the full projected step (projected_step)");
+  if (!squares.singular.empty()) {
+    result.unavailable = squares.singular;
+    return result;
+  }
   auto inverse_squares = squares.inverse(tol);
 
   // 2. The step direction. P_T(G) = (sym S'.grad, N = (I − V V^T) M).
   auto LS = at::matmul(inverse_squares, Sf);  // Λ^{-1} S'_i
-  Tangent gradient{symmetric_part(sandwich(R_inv.t(), Sgg, R_inv.t())),
+  Tangent gradient{symmetric_part(sandwich(R_inv.t(), S_grad64, R_inv.t())),
                    orthogonal_part(span, cV, span.of_block(1, R.t() * 0.5))};
   Tangent direction = wd == 0 ? gradient : Tangent{gradient.dS + Sf * wd, gradient.cN};
   Tangent buffer, step = direction;
@@ -320,7 +300,7 @@ TangentUpdateResult tangent_update(const at::Tensor& weight, const at::Tensor& S
       // The buffer (a tangent vector at the given W, S) in the frame: dS' = R dS R^T, K' = dW^T R^{-1}
       // projected off V (the identity to rounding), N' = K' Λ.
       auto cKb = orthogonal_part(span, cV, span.of_block(2, R_inv));
-      Tangent old{symmetric_part(sandwich(R, bS, R)), at::mm(cKb, sum_squares(Sf))};
+      Tangent old{symmetric_part(sandwich(R, bS, R)), at::mm(cKb, squares.matrix)};
       buffer = old.scaled(mu).plus(direction, 1.0 - damp);
     } else {
       buffer = direction;
@@ -344,13 +324,12 @@ TangentUpdateResult tangent_update(const at::Tensor& weight, const at::Tensor& S
   check_finite(kOp, "the new weight", W_new);
   check_finite(kOp, "the new S", S_new);
 
-  TangentUpdateResult result;
   auto squares_new = sum_squares_of(S_new, tol);
   result.unavailable_after = squares_new.singular;
-  // 4. The buffer at the new point (pseudo-inverse where the new S is singular).
+  // 4. The buffer at the new point: dW = (N' Λ'^{-1})^T, with the pseudo-inverse where the new S
+  //    is singular.
   if (mu > 0) {
-    // dW = (N' Λ'^{-1})^T, with the pseudo-inverse where the new S is singular.
-    auto moved = project_tangent(span, buffer, cV, Sf, LS, cW_new, S_new);
+    auto moved = project_tangent(span, buffer, cV, LS, cW_new, S_new);
     result.momentum_buffer = {span.rows(at::mm(moved.cN, squares_new.inverse(tol))).to(weight.options()),
                               moved.dS.to(S.options())};
   }
@@ -376,7 +355,10 @@ TangentUpdateResult tangent_update(const at::Tensor& weight, const at::Tensor& S
 
 GLRAMResult tangent_step(const at::Tensor& weight, const at::Tensor& S, const at::Tensor& weight_grad,
                          const at::Tensor& S_grad, double lr, const GLRAMOptions& options) {
-  return tangent_update(weight, S, weight_grad, S_grad, {}, TangentUpdateOptions(lr).glram(options)).projection;
+  auto result = tangent_update(weight, S, weight_grad, S_grad, {}, TangentUpdateOptions(lr).glram(options));
+  TORCH_CHECK(result.unavailable.empty(), kOp, ": the tangent step does not apply: ", result.unavailable,
+              "; such a layer needs the full projected step (projected_step)");
+  return result.projection;
 }
 
 }  // namespace linalg

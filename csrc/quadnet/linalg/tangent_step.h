@@ -44,6 +44,9 @@ struct TangentUpdateOptions {
 };
 
 struct TangentUpdateResult {
+  // Non-empty: the tangent step does not apply at (weight, S) (tangent_step_unavailable's reason),
+  // and nothing else is set.
+  std::string unavailable;
   GLRAMResult projection;        // the new weight (orthonormal rows) and S, the GLRAM trace
   TangentVector momentum_buffer; // b at the new point; undefined when momentum = 0
   std::string unavailable_after; // tangent_step_unavailable at the new point
@@ -64,14 +67,16 @@ struct TangentUpdateResult {
 // Every product with a d-sized factor is one of O(1) GEMMs of r × d × r (the Gram matrix of
 // [W^T | weight.grad^T | buffer.dW^T] and the outputs); the rest is O(n·r³); float64 inside,
 // results in weight's dtype. Agrees with projected_step(weight, S, X, G, lr) to O(lr²) (no
-// momentum, no weight decay). Throws, naming the reason, where tangent_step_unavailable is not
-// empty, or for a non-finite result.
+// momentum, no weight decay). Where the step does not apply returns only `unavailable` (so a
+// caller learns it from the frame this computes anyway); throws on bad arguments or a non-finite
+// result.
 TangentUpdateResult tangent_update(const at::Tensor& weight, const at::Tensor& S, const at::Tensor& weight_grad,
                                    const at::Tensor& S_grad, const TangentVector& momentum_buffer,
                                    const TangentUpdateOptions& options);
 
 // The plain tangent step, Π(A − lr·P_T(G)): tangent_update without momentum or weight decay.
-// options.init must be unset (the warm start is `weight`).
+// Throws, naming the reason, where the step does not apply. options.init must be unset (the warm
+// start is `weight`).
 GLRAMResult tangent_step(const at::Tensor& weight, const at::Tensor& S, const at::Tensor& weight_grad,
                          const at::Tensor& S_grad, double lr, const GLRAMOptions& options = {});
 

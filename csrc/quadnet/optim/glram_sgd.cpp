@@ -135,10 +135,14 @@ torch::Tensor flat_weight(const torch::Tensor& weight) { return weight.reshape({
 
 }  // namespace
 
+bool needs_batch(const std::string& projection, const ProjectedBatch& layer) {
+  if (layer.convolution) return false;
+  return projection == "full" || !linalg::tangent_step_unavailable(flat_weight(layer.weight), layer.S).empty();
+}
+
 StepUpdates glram_sgd_updates(const std::vector<StepGroup>& groups, const std::vector<ProjectedBatch>& layers) {
   StepUpdates updates;
   updates.needs_batch.assign(layers.size(), false);
-  std::vector<bool> seen(layers.size(), false);
   std::unordered_set<const void*> projected;
   for (const auto& layer : layers) {
     projected.insert(layer.weight.unsafeGetTensorImpl());
@@ -161,18 +165,19 @@ StepUpdates glram_sgd_updates(const std::vector<StepGroup>& groups, const std::v
       TORCH_CHECK(has_weight == (S_index != index_in_group.end()),
                   "GLRAMSGD: a ", describe(layer), "'s weight and S must be in the same param group");
       if (!has_weight) continue;  // in another group
-      seen[l] = true;
       TORCH_CHECK(!(layer.convolution && !tangent), "GLRAMSGD: the full projected step (projection=\"full\") is not "
                   "implemented for ", describe(layer), "; use projection=\"tangent\"");
       const auto weight = flat_weight(layer.weight);
       const auto& weight_grad = layer.weight.grad();
       const auto& S_grad = layer.S.grad();
-      const auto unavailable = linalg::tangent_step_unavailable(weight, layer.S);
-      updates.needs_batch[l] = !tangent || !unavailable.empty();
-      if (!weight_grad.defined() && !S_grad.defined()) continue;  // no gradient: no step, as for SGD
+      if (!weight_grad.defined() && !S_grad.defined()) {  // no gradient: no step, as for SGD
+        updates.needs_batch[l] = needs_batch(options.projection(), layer);
+        continue;
+      }
       TORCH_CHECK(weight_grad.defined() && S_grad.defined(), "GLRAMSGD: the ", describe(layer),
                   " has a gradient for only one of weight and S (freeze both or neither)");
-      if (tangent && unavailable.empty()) {
+      std::string unavailable;  // why the tangent step does not apply (projection "tangent")
+      if (tangent) {
         const auto& bW = group.momentum_buffers[weight_index->second];
         const auto& bS = group.momentum_buffers[S_index->second];
         linalg::TangentVector buffer;
@@ -184,15 +189,19 @@ StepUpdates glram_sgd_updates(const std::vector<StepGroup>& groups, const std::v
                                                  .dampening(options.dampening())
                                                  .nesterov(options.nesterov())
                                                  .glram(glram_options));
-        updates.needs_batch[l] = !result.unavailable_after.empty();
-        updates.values.emplace_back(layer.weight, result.projection.weight.view(layer.weight.sizes()));
-        updates.values.emplace_back(layer.S, result.projection.S);
-        if (result.momentum_buffer.defined()) {
-          updates.momentum_buffers.emplace_back(layer.weight, result.momentum_buffer.dW.view(layer.weight.sizes()));
-          updates.momentum_buffers.emplace_back(layer.S, result.momentum_buffer.dS);
+        if (result.unavailable.empty()) {
+          updates.needs_batch[l] = !result.unavailable_after.empty();
+          updates.values.emplace_back(layer.weight, result.projection.weight.view(layer.weight.sizes()));
+          updates.values.emplace_back(layer.S, result.projection.S);
+          if (result.momentum_buffer.defined()) {
+            updates.momentum_buffers.emplace_back(layer.weight,
+                                                  result.momentum_buffer.dW.view(layer.weight.sizes()));
+            updates.momentum_buffers.emplace_back(layer.S, result.momentum_buffer.dS);
+          }
+          updates.projections.push_back(std::move(result.projection));
+          continue;
         }
-        updates.projections.push_back(std::move(result.projection));
-        continue;
+        unavailable = std::move(result.unavailable);
       }
       // The full projected step: projection "full", or a layer off the rank-r model.
       TORCH_CHECK(!layer.convolution, "GLRAMSGD: the tangent step does not apply to the ", describe(layer), ": ",
@@ -208,7 +217,7 @@ StepUpdates glram_sgd_updates(const std::vector<StepGroup>& groups, const std::v
       const double scale = captured_gradient_scale(layer.weight, layer.S, layer.X, layer.G, weight_grad, S_grad);
       auto result = quadratic_layer_step(layer.weight, layer.S, layer.X, scale == 1.0 ? layer.G : layer.G * scale,
                                          options.lr(), options.weight_decay(), glram_options);
-      if (tangent) updates.needs_batch[l] = !linalg::tangent_step_unavailable(result.weight, result.S).empty();
+      updates.needs_batch[l] = needs_batch(options.projection(), {result.weight, result.S});
       updates.values.emplace_back(layer.weight, result.weight);
       updates.values.emplace_back(layer.S, result.S);
       updates.projections.push_back(std::move(result));
@@ -301,8 +310,7 @@ GLRAMSGD::GLRAMSGD(torch::nn::Module& model, std::vector<torch::optim::Optimizer
   for (auto& layer : layers_) {
     if (!layer.dense) continue;
     const auto& projection = options_of(group_of.at(layer.dense->weight.unsafeGetTensorImpl())).projection();
-    set_capturing(layer, projection == "full" ||
-                             !linalg::tangent_step_unavailable(layer.dense->weight, layer.dense->S).empty());
+    set_capturing(layer, needs_batch(projection, {layer.dense->weight, layer.dense->S}));
   }
 }
 

@@ -92,6 +92,11 @@ struct ProjectedBatch {
   bool convolution = false;
 };
 
+// Whether the layer's next step needs the batch captured during forward/backward: with projection
+// "full" always, with "tangent" only off the rank-r model (linalg::tangent_step_unavailable); a
+// convolution never (it captures nothing: its full step is not implemented).
+bool needs_batch(const std::string& projection, const ProjectedBatch& layer);
+
 // A param group as a step sees it.
 struct StepGroup {
   std::vector<torch::Tensor> params;

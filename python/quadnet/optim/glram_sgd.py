@@ -114,13 +114,11 @@ class GLRAMSGD(Optimizer):
 
     def _needs_batch(self, layer) -> bool:
         """Whether the layer's next step is a full projected step, which needs its batch."""
-        if isinstance(layer, QuadraticConv2d):
-            return False
         group = next(g for g in self.param_groups if any(p is layer.weight for p in g["params"]))
-        return group["projection"] == "full" or bool(_C.linalg.tangent_step_unavailable(layer.weight, layer.S))
+        return _C.optim.needs_batch(group["projection"], layer.weight, layer.S, isinstance(layer, QuadraticConv2d))
 
     def _set_capturing(self, layer, capturing: bool) -> None:
-        if isinstance(layer, QuadraticConv2d) or (id(layer) in self._capturing) == capturing:
+        if (id(layer) in self._capturing) == capturing:  # never True for a convolution (needs_batch)
             return
         layer.set_capture(capturing)
         if capturing:
