@@ -157,7 +157,7 @@ def test_any_gradient_edit_acts_as_on_a_plain_parameter():
 def test_momentum_lives_in_the_tangent_space_and_resumes_identically():
     torch.manual_seed(0)
     x, t = torch.randn(16, 12, dtype=F64), torch.randn(16, 3, dtype=F64)
-    base = QuadraticLayer(12, 3, rank=4).double()
+    base = QuadraticLayer(12, 3, rank=4, bias=False).double()  # only the projected layer has momentum
     plain, heavy = copy.deepcopy(base), copy.deepcopy(base)
     opt_plain, opt_heavy = GLRAMSGD(plain, lr=0.02), GLRAMSGD(heavy, lr=0.02, momentum=0.9, nesterov=True)
     _train(plain, opt_plain, x, t, 3)
