@@ -18,8 +18,12 @@ GLRAMSGD does; medians over the steps after TRAIN_WARMUP. The floor row times wh
 exact step must do at least once: the d×k float64 Gram matrix of [W^T | X^T] and one k×k
 float64 eigen-solve (GLRAM needs one per iteration).
 
+The tangent rows time quadnet.linalg.tangent_step (GLRAMSGD's default projection: from the
+layer's gradients, no batch) at the same (B, d, r, n), the gradients of the same random step.
+
 The optimizer rows time whole training steps (zero_grad, forward, cross-entropy, backward,
-step) on standardised Fashion-MNIST batches of 128: SGD, GLRAMSGD with each solver, for
+step) on standardised Fashion-MNIST batches of 128: SGD (momentum 0.9), GLRAMSGD with
+projection="tangent" (momentum 0.9) and with projection="full" and each solver, for
 QuadraticLayer(784, 10, rank=25) and for the main demo's DeepPolynomialNet([784, 128, 10],
 [32, 16], norm=True) with the demo's settings (canonical lr 0.005, max_iter=3); medians after
 warm-up.
@@ -36,7 +40,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
 import quadnet  # noqa: E402
 from common import median_time, save_rows  # noqa: E402
-from quadnet.linalg import glram, projected_step  # noqa: E402
+from quadnet.linalg import glram, projected_step, tangent_step  # noqa: E402
 from quadnet.ops import canonical_form, canonical_gradient  # noqa: E402
 
 SHAPES = [(128, 784, 25, 10), (128, 900, 10, 100)]
@@ -58,6 +62,18 @@ def factored(layer, X, G, solver="rayleigh_ritz"):
 
 def exact(layer, X, G):
     return factored(layer, X, G, "exact")
+
+
+def layer_gradients(layer, X, G):
+    """weight.grad and S.grad of the loss whose output gradient is G."""
+    layer.zero_grad()
+    layer(X).backward(G)
+    return layer.weight.grad.clone(), layer.S.grad.clone()
+
+
+def tangent(layer, X, G, grads=None):
+    weight_grad, S_grad = grads if grads is not None else layer_gradients(layer, X, G)
+    return tangent_step(layer.weight.detach(), layer.S.detach(), weight_grad, S_grad, LR)
 
 
 def dense(layer, X, G):
@@ -129,14 +145,18 @@ def optimizer_steps(steps=60, warmup=10):
     rows = []
     for name, fresh, lr, _ in models():
         row = {"model": name}
-        for label in ("SGD", "GLRAMSGD rayleigh_ritz", "GLRAMSGD exact"):
+        for label in ("SGD", "GLRAMSGD tangent", "GLRAMSGD rayleigh_ritz", "GLRAMSGD exact"):
             model = copy.deepcopy(fresh)
+            kind = label.split()[-1]
+            projection = "tangent" if kind == "tangent" else "full"
+            solver = "rayleigh_ritz" if kind == "tangent" else kind
             if label == "SGD":
                 opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
             elif name.startswith("demo"):
-                opt = demo.glram_sgd(model, lr, solver=label.split()[1])
+                opt = demo.glram_sgd(model, lr, solver=solver, projection=projection)
             else:
-                opt = quadnet.optim.GLRAMSGD(model, lr=lr, solver=label.split()[1])
+                momentum = 0.9 if projection == "tangent" else 0.0
+                opt = quadnet.optim.GLRAMSGD(model, lr=lr, momentum=momentum, solver=solver, projection=projection)
             times = []
             for x, y in batches:
                 t0 = time.perf_counter()
@@ -145,10 +165,11 @@ def optimizer_steps(steps=60, warmup=10):
                 opt.step()
                 times.append(time.perf_counter() - t0)
             row[label] = median(times[warmup:])
-        row["rayleigh_ritz_over_sgd"] = row["GLRAMSGD rayleigh_ritz"] / row["SGD"]
-        row["exact_over_sgd"] = row["GLRAMSGD exact"] / row["SGD"]
+        for kind in ("tangent", "rayleigh_ritz", "exact"):
+            row[f"{kind}_over_sgd"] = row[f"GLRAMSGD {kind}"] / row["SGD"]
         rows.append(row)
-        print(f"  {name}: step SGD {row['SGD'] * 1e3:.2f} ms, GLRAMSGD rayleigh_ritz "
+        print(f"  {name}: step SGD {row['SGD'] * 1e3:.2f} ms, GLRAMSGD tangent "
+              f"{row['GLRAMSGD tangent'] * 1e3:.2f} ms ({row['tangent_over_sgd']:.1f}x SGD), full rayleigh_ritz "
               f"{row['GLRAMSGD rayleigh_ritz'] * 1e3:.2f} ms ({row['rayleigh_ritz_over_sgd']:.1f}x SGD), "
               f"exact {row['GLRAMSGD exact'] * 1e3:.2f} ms ({row['exact_over_sgd']:.1f}x SGD)")
     return rows
@@ -214,6 +235,8 @@ def main():
         t = {name: median_time(fn, layer, X, G, **({"repeats": 3, "budget": 60.0} if name == "dense" else {}))
              for name, fn in variants.items()}
         t_fb = median_time(forward_backward, layer, X, G, repeats=50)
+        grads = layer_gradients(layer, X, G)
+        t_tangent = median_time(tangent, layer, X, G, grads, repeats=50)
         res = {name: fn(layer, X, G) for name, fn in variants.items()}
         mem = {name: peak_extra_bytes("factored" if name == "rayleigh_ritz" else name, shape) for name in variants}
         k = r + B
@@ -221,7 +244,8 @@ def main():
         low = floor(*shape)
         row = {
             "shape": list(shape), "k": k,
-            "seconds": {**t, "forward_backward": t_fb},
+            "seconds": {**t, "tangent": t_tangent, "forward_backward": t_fb},
+            "tangent_over_forward_backward": t_tangent / t_fb,
             "dense_over": {name: t["dense"] / t[name] for name in ("rayleigh_ritz", "exact")},
             "over_forward_backward": {name: t[name] / t_fb for name in ("rayleigh_ritz", "exact")},
             "iterations": {name: r_.iterations for name, r_ in res.items()},
@@ -240,6 +264,7 @@ def main():
                      if name != "dense" else "")
             print(f"  {name:13s} {t[name] * 1e3:9.2f} ms  iterations {res[name].iterations:3d}  objective "
                   f"{row['objective'][name]:.6g}  peak extra {mem[name] / 2**20:7.1f} MB{extra}")
+        print(f"  tangent       {t_tangent * 1e3:9.2f} ms  (gradients only)   this/fwd+bwd {t_tangent / t_fb:5.2f}x")
         print(f"  (n·d² float64 = {row['model_MB']['n_d2_float64']:.1f} MB, "
               f"d·k + n·k² float64 = {row['model_MB']['d_k_plus_n_k2_float64']:.1f} MB)")
         for solver, tr in row["training"].items():

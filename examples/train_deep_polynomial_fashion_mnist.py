@@ -44,13 +44,13 @@ SIZES, RANKS = [784, 128, 10], [32, 16]
 CANONICAL_LR_FRACTION = 0.25
 
 
-def glram_sgd(model, lr, fraction=CANONICAL_LR_FRACTION, solver="rayleigh_ritz"):
+def glram_sgd(model, lr, fraction=CANONICAL_LR_FRACTION, solver="rayleigh_ritz", projection="tangent"):
     """GLRAMSGD with a param group of its own for the quadratic layers' canonical steps."""
     quadratic = [p for m in model.modules() if isinstance(m, quadnet.nn.QuadraticLayer) for p in (m.weight, m.S)]
     ids = {id(p) for p in quadratic}
     rest = [p for p in model.parameters() if id(p) not in ids]
     return quadnet.optim.GLRAMSGD([{"params": quadratic, "lr": lr * fraction}, {"params": rest}],
-                                  lr=lr, momentum=0.9, max_iter=3, solver=solver)
+                                  lr=lr, momentum=0.9, max_iter=3, solver=solver, projection=projection)
 
 
 def glram_sgd_exact(model, lr, fraction=CANONICAL_LR_FRACTION):
