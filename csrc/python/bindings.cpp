@@ -75,8 +75,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   optim.def("check_options", [](const py::dict& group) { quadnet::optim::check_options(glram_sgd_options(group)); },
             py::arg("group"));
   using GroupArg = std::tuple<std::vector<torch::Tensor>, std::vector<c10::optional<torch::Tensor>>, py::dict>;
-  using LayerArg =
-      std::tuple<torch::Tensor, torch::Tensor, c10::optional<torch::Tensor>, c10::optional<torch::Tensor>, bool>;
+  // (weight, S, X, G, convolution, create_graph): ProjectedBatch
+  using LayerArg = std::tuple<torch::Tensor, torch::Tensor, c10::optional<torch::Tensor>,
+                              c10::optional<torch::Tensor>, bool, bool>;
   optim.def("glram_sgd_updates",
             [](const std::vector<GroupArg>& groups, const std::vector<LayerArg>& layers) {
               std::vector<quadnet::optim::StepGroup> step_groups;
@@ -88,7 +89,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
               std::vector<quadnet::optim::ProjectedBatch> batches;
               for (const auto& layer : layers) {
                 batches.push_back({std::get<0>(layer), std::get<1>(layer), std::get<2>(layer).value_or(torch::Tensor()),
-                                   std::get<3>(layer).value_or(torch::Tensor()), std::get<4>(layer)});
+                                   std::get<3>(layer).value_or(torch::Tensor()), std::get<4>(layer),
+                                   std::get<5>(layer)});
               }
               py::gil_scoped_release release;
               auto updates = quadnet::optim::glram_sgd_updates(step_groups, batches);
@@ -102,6 +104,26 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
             py::arg("lr"), py::arg("depth"));
 
   auto nn = m.def_submodule("nn", "module helpers");
+  nn.def("check_layer_sizes",
+         [](const std::string& module, int64_t in, int64_t out, int64_t rank, bool rank_at_most_in) {
+           quadnet::nn::check_layer_sizes(module.c_str(), in, out, rank, rank_at_most_in);
+         },
+         py::arg("module"), py::arg("in_features"), py::arg("out_features"), py::arg("rank"),
+         py::arg("rank_at_most_in_features"));
+  nn.def("check_conv_options",
+         [](const std::string& module, int64_t in, int64_t out, std::vector<int64_t> kernel_size, int64_t rank,
+            std::vector<int64_t> stride, std::vector<int64_t> padding, std::vector<int64_t> dilation,
+            bool rank_at_most_patch) {
+           auto options = quadnet::nn::QuadraticConv2dOptions(in, out, torch::IntArrayRef(kernel_size), rank)
+                              .stride(torch::IntArrayRef(stride))
+                              .padding(torch::IntArrayRef(padding))
+                              .dilation(torch::IntArrayRef(dilation));
+           quadnet::nn::check_conv_options(module.c_str(), options, rank_at_most_patch);
+         },
+         py::arg("module"), py::arg("in_channels"), py::arg("out_channels"), py::arg("kernel_size"), py::arg("rank"),
+         py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("rank_at_most_patch"));
+  // Called from the Python layers' autograd hooks (the C++ layers' hooks call it directly).
+  nn.def("backward_accumulates_into", &quadnet::nn::backward_accumulates_into, py::arg("param"));
   nn.def("diagonal_parameters", &quadnet::nn::diagonal_parameters, py::arg("weight"), py::arg("S"));
   nn.def("init_quadratic_layer_",
          [](torch::Tensor weight, torch::Tensor S, c10::optional<torch::Tensor> bias) {

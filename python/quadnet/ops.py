@@ -11,6 +11,15 @@ __all__ = ["quadratic_form", "diagonal_quadratic_form", "canonical_form", "diago
 _Pair = Union[int, Tuple[int, int]]
 
 
+def _int(value, name: str) -> int:
+    """``value`` as an int (any integer type), else a ``TypeError`` naming ``name`` (no silent
+    truncation of floats)."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})") from None
+
+
 def _pair(value: _Pair, name: str) -> Tuple[int, int]:
     """``(value, value)`` for an integer, ``value`` as a tuple for a pair of integers; else a
     ValueError naming ``name`` (no silent truncation of floats or of longer sequences)."""

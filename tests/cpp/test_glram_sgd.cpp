@@ -3,6 +3,8 @@
 
 #include <quadnet/quadnet.h>
 
+#include "testing.h"
+
 #include <sstream>
 #include <string>
 #include <vector>
@@ -199,3 +201,79 @@ TEST(GLRAMSGD, CaptureIsBoundedAndEndsWithItsOptimizers) {
 }
 
 }  // namespace
+
+namespace gradient_passes {
+
+using quadnet::testing::error_of;
+
+// A layer with a full-step optimizer, a batch, and the loss y² summed.
+struct FullStep {
+  QuadraticLayer layer{quadnet::nn::QuadraticLayerOptions(6, 3, 2).bias(false)};
+  torch::Tensor x = torch::randn({8, 6}, torch::kFloat64);
+  FullStep() { layer->to(torch::kFloat64); }
+};
+
+TEST(GLRAMSGDGradientPasses, AnAutogradGradPassOverTheInputsIsNotCaptured) {
+  torch::manual_seed(20);
+  FullStep s;
+  GLRAMSGD opt(*s.layer, GLRAMSGDOptions(0.05).projection("full"));
+  auto x = s.x.clone().requires_grad_(true);
+  auto grad_x = torch::autograd::grad({s.layer->forward(x).square().sum()}, {x})[0];
+  EXPECT_FALSE(s.layer->captured().first.defined());  // .grad untouched: nothing recorded
+  auto x_adv = (x + 0.1 * grad_x.sign()).detach();
+  auto W0 = s.layer->weight.detach().clone(), S0 = s.layer->S.detach().clone();
+  s.layer->forward(x_adv).square().sum().backward();
+  EXPECT_EQ(s.layer->captured().first.size(0), 8);
+  opt.step();
+  auto expected = quadnet::linalg::projected_step(W0, S0, x_adv, 2 * quadnet::quadratic_form(x_adv, W0, S0), 0.05);
+  EXPECT_TRUE(torch::allclose(s.layer->canonical(), quadnet::canonical_form(expected.weight, expected.S), 0, 1e-9));
+}
+
+TEST(GLRAMSGDGradientPasses, AGradientPenaltyWithTheFullStepNamesCreateGraph) {
+  torch::manual_seed(21);
+  FullStep s;
+  GLRAMSGD opt(*s.layer, GLRAMSGDOptions(0.05).projection("full"));
+  auto x = s.x.clone().requires_grad_(true);
+  auto y = s.layer->forward(x).square().sum();
+  auto grad_x = torch::autograd::grad({y}, {x}, /*grad_outputs=*/{}, /*retain_graph=*/true, /*create_graph=*/true)[0];
+  (y + grad_x.square().sum()).backward();
+  EXPECT_TRUE(s.layer->captured_with_create_graph());
+  auto W0 = s.layer->weight.detach().clone();
+  const auto message = error_of([&] { opt.step(); });
+  EXPECT_NE(message.find("create_graph=True"), std::string::npos) << message;
+  EXPECT_TRUE(torch::equal(s.layer->weight, W0));
+  opt.zero_grad();
+  EXPECT_FALSE(s.layer->captured_with_create_graph());
+}
+
+TEST(GLRAMSGDGradientPasses, ASecondFullOptimizerWithoutABatchRefuses) {
+  torch::manual_seed(22);
+  FullStep s;
+  GLRAMSGD first(*s.layer, GLRAMSGDOptions(0.05).projection("full"));
+  GLRAMSGD second(*s.layer, GLRAMSGDOptions(0.05).projection("full"));
+  s.layer->forward(s.x).square().sum().backward();
+  first.step();
+  const auto message = error_of([&] { second.step(); });
+  EXPECT_NE(message.find("has gradients but no captured batch"), std::string::npos) << message;
+}
+
+TEST(GLRAMSGDGradientPasses, BFloat16GradientsAreNotMistakenForEdits) {
+  torch::manual_seed(23);
+  QuadraticLayer layer(quadnet::nn::QuadraticLayerOptions(32, 4, 5).bias(false));
+  layer->to(torch::kBFloat16);
+  GLRAMSGD opt(*layer, GLRAMSGDOptions(0.01).projection("full"));
+  layer->forward(torch::randn({64, 32}).to(torch::kBFloat16)).to(torch::kFloat32).square().mean().backward();
+  EXPECT_EQ(error_of([&] { opt.step(); }), "no error");
+  EXPECT_EQ(opt.last_projections().size(), 1u);
+}
+
+TEST(QuadraticLayerSizes, RankAboveTheInputsIsAValueErrorAtConstruction) {
+  EXPECT_THROW(QuadraticLayer(2, 3, 4), c10::ValueError);
+  EXPECT_NE(error_of([] { QuadraticLayer(2, 3, 4); }).find("rank must be at most in_features (2), got rank=4"),
+            std::string::npos);
+  EXPECT_NO_THROW(quadnet::nn::DiagonalQuadraticLayer(2, 3, 10));
+  EXPECT_THROW(quadnet::nn::QuadraticConv2d(quadnet::nn::QuadraticConv2dOptions(1, 3, 2, 5)), c10::ValueError);
+  EXPECT_NO_THROW(quadnet::nn::QuadraticConv2d(quadnet::nn::QuadraticConv2dOptions(1, 3, 2, 4)));
+}
+
+}  // namespace gradient_passes

@@ -13,16 +13,25 @@ namespace nn {
 using detail::register_bias;
 
 namespace {
-void check_options(const char* module, const QuadraticConv2dOptions& o) {
-  TORCH_CHECK(o.in_channels() > 0 && o.out_channels() > 0 && o.rank() > 0, module,
-              ": in_channels, out_channels and rank must be positive, got in_channels=", o.in_channels(),
-              ", out_channels=", o.out_channels(), ", rank=", o.rank());
+}  // namespace
+
+void check_conv_options(const char* module, const QuadraticConv2dOptions& o, bool rank_at_most_patch) {
+  TORCH_CHECK_VALUE(o.in_channels() > 0 && o.out_channels() > 0 && o.rank() > 0, module,
+                    ": in_channels, out_channels and rank must be positive, got in_channels=", o.in_channels(),
+                    ", out_channels=", o.out_channels(), ", rank=", o.rank());
   for (int i = 0; i < 2; ++i) {
-    TORCH_CHECK((*o.kernel_size())[i] > 0 && (*o.stride())[i] > 0 && (*o.dilation())[i] > 0 && (*o.padding())[i] >= 0,
+    TORCH_CHECK_VALUE((*o.kernel_size())[i] > 0 && (*o.stride())[i] > 0 && (*o.dilation())[i] > 0 && (*o.padding())[i] >= 0,
                 module, ": kernel_size, stride and dilation must be positive and padding non-negative, got kernel_size=",
                 o.kernel_size(), ", stride=", o.stride(), ", padding=", o.padding(), ", dilation=", o.dilation());
   }
+  const int64_t patch = o.in_channels() * (*o.kernel_size())[0] * (*o.kernel_size())[1];
+  TORCH_CHECK_VALUE(!rank_at_most_patch || o.rank() <= patch, module,
+                    ": rank must be at most the patch size in_channels·kh·kw (", patch, "), got rank=", o.rank(),
+                    ": A_i = W^T S_i W has rank at most the patch size anyway, and projection optimizers need "
+                    "orthonormal filter rows");
 }
+
+namespace {
 
 void print_options(std::ostream& stream, const char* module, const QuadraticConv2dOptions& o) {
   stream << "quadnet::nn::" << module << "(" << o.in_channels() << ", " << o.out_channels()
@@ -47,7 +56,7 @@ std::vector<int64_t> filter_shape(const QuadraticConv2dOptions& o, int64_t rank)
 QuadraticConv2dImpl::QuadraticConv2dImpl(const QuadraticConv2dOptions& options_) : options(options_) { reset(); }
 
 void QuadraticConv2dImpl::reset() {
-  check_options("QuadraticConv2d", options);
+  check_conv_options("QuadraticConv2d", options, true);
   weight = register_parameter("weight", torch::empty(filter_shape(options, options.rank())));
   S = register_parameter("S", torch::empty({options.out_channels(), options.rank(), options.rank()}));
   bias = register_bias(*this, options.bias(), options.out_channels());
@@ -79,7 +88,7 @@ DiagonalQuadraticConv2dImpl::DiagonalQuadraticConv2dImpl(const QuadraticConv2dOp
 }
 
 void DiagonalQuadraticConv2dImpl::reset() {
-  check_options("DiagonalQuadraticConv2d", options);
+  check_conv_options("DiagonalQuadraticConv2d", options, false);
   weight = register_parameter("weight", torch::empty(filter_shape(options, options.rank())));
   alpha = register_parameter("alpha", torch::empty({options.out_channels(), options.rank()}));
   bias = register_bias(*this, options.bias(), options.out_channels());

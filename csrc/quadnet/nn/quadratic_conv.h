@@ -29,6 +29,11 @@ struct QuadraticConv2dOptions {
   TORCH_ARG(bool, bias) = true;
 };
 
+// Throws c10::ValueError naming `module` unless channels and rank are positive, kernel_size,
+// stride and dilation positive, padding non-negative and, when rank_at_most_patch
+// (QuadraticConv2d), rank ≤ in_channels·kh·kw (check_layer_sizes' reason, in the patch space).
+void check_conv_options(const char* module, const QuadraticConv2dOptions& options, bool rank_at_most_patch);
+
 // y_i(p) = h(p)^T S_i h(p) + b_i with h = conv2d(x, weight): a convolution to `rank` channels,
 // then one quadratic form of the rank-vector per output channel at every pixel. Each output is
 // a quadratic form of the input patch: A_i = W^T sym(S_i) W with W = weight.flatten(1).

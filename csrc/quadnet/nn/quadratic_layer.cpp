@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include <torch/csrc/autograd/graph_task.h>
+#include <torch/csrc/autograd/variable.h>
 #include <torch/nn/init.h>
 #include <torch/types.h>
 
@@ -40,11 +42,6 @@ void diagonal_quadratic_layer_(torch::Tensor& weight, torch::Tensor& alpha, torc
 }  // namespace init
 
 namespace {
-void check_sizes(const char* module, int64_t in, int64_t out, int64_t rank) {
-  TORCH_CHECK(in > 0 && out > 0 && rank > 0, module,
-              ": in_features, out_features and rank must be positive, got in_features=", in,
-              ", out_features=", out, ", rank=", rank);
-}
 
 void print_sizes(std::ostream& stream, const char* module, int64_t in, int64_t out, int64_t rank,
                  bool bias) {
@@ -59,12 +56,30 @@ using detail::register_bias;
 // ---------------------------------------------------------------------------------------------
 // QuadraticLayer
 
+void check_layer_sizes(const char* module, int64_t in, int64_t out, int64_t rank, bool rank_at_most_in) {
+  TORCH_CHECK_VALUE(in > 0 && out > 0 && rank > 0, module,
+                    ": in_features, out_features and rank must be positive, got in_features=", in,
+                    ", out_features=", out, ", rank=", rank);
+  TORCH_CHECK_VALUE(!rank_at_most_in || rank <= in, module, ": rank must be at most in_features (", in,
+                    "), got rank=", rank, ": A_i = W^T S_i W has rank at most in_features anyway, and projection "
+                    "optimizers need orthonormal weight rows");
+}
+
+bool backward_accumulates_into(const torch::Tensor& param) {
+  const auto* exec_info = torch::autograd::get_current_graph_task_exec_info();
+  if (exec_info == nullptr || exec_info->empty()) return true;  // .backward() without inputs: every leaf
+  const auto accumulator = torch::autograd::impl::try_get_grad_accumulator(param);
+  if (!accumulator) return false;
+  const auto entry = exec_info->find(accumulator.get());
+  return entry != exec_info->end() && entry->second.should_execute();
+}
+
 QuadraticLayerImpl::QuadraticLayerImpl(const QuadraticLayerOptions& options_) : options(options_) {
   reset();
 }
 
 void QuadraticLayerImpl::reset() {
-  check_sizes("QuadraticLayer", options.in_features(), options.out_features(), options.rank());
+  check_layer_sizes("QuadraticLayer", options.in_features(), options.out_features(), options.rank(), true);
   weight = register_parameter("weight", torch::empty({options.rank(), options.in_features()}));
   S = register_parameter("S", torch::empty({options.out_features(), options.rank(), options.rank()}));
   bias = register_bias(*this, options.bias(), options.out_features());
@@ -84,9 +99,11 @@ torch::Tensor QuadraticLayerImpl::forward(const torch::Tensor& x) {
   if (capture_->users > 0 && is_training() && y.requires_grad()) {
     std::weak_ptr<CaptureSink> sink = capture_;
     const auto out = options.out_features();
-    y.register_hook([sink, out, flat = x.detach().reshape({-1, x.size(-1)})](const torch::Tensor& grad) {
+    y.register_hook([sink, out, weight = weight, flat = x.detach().reshape({-1, x.size(-1)})](const torch::Tensor& grad) {
       auto target = sink.lock();
-      if (target && target->users > 0) target->pairs.emplace_back(flat, grad.reshape({-1, out}));
+      if (!target || target->users == 0) return;
+      if (at::GradMode::is_enabled()) target->create_graph = true;  // the pass records its own graph
+      if (backward_accumulates_into(weight)) target->pairs.emplace_back(flat, grad.reshape({-1, out}));
     });
   }
   return add_bias(y, bias);
@@ -124,8 +141,8 @@ DiagonalQuadraticLayerImpl::DiagonalQuadraticLayerImpl(const DiagonalQuadraticLa
 }
 
 void DiagonalQuadraticLayerImpl::reset() {
-  check_sizes("DiagonalQuadraticLayer", options.in_features(), options.out_features(),
-              options.rank());
+  check_layer_sizes("DiagonalQuadraticLayer", options.in_features(), options.out_features(), options.rank(),
+                    false);
   weight = register_parameter("weight", torch::empty({options.rank(), options.in_features()}));
   alpha = register_parameter("alpha", torch::empty({options.out_features(), options.rank()}));
   bias = register_bias(*this, options.bias(), options.out_features());

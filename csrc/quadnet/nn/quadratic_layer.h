@@ -14,6 +14,18 @@
 namespace quadnet {
 namespace nn {
 
+// Throws c10::ValueError naming `module` unless in_features, out_features and rank are positive
+// and, when rank_at_most_in_features (QuadraticLayer, QuadraticConv2d with in_features the patch
+// size C·kh·kw), rank ≤ in_features: A_i = W^T S_i W has rank ≤ in_features anyway, and the
+// projection optimizers need orthonormal weight rows.
+void check_layer_sizes(const char* module, int64_t in_features, int64_t out_features, int64_t rank,
+                       bool rank_at_most_in_features);
+
+// Called from an autograd hook: whether the backward pass running on this thread accumulates
+// into param.grad (true for .backward(); false for torch.autograd.grad(outputs, inputs) and
+// .backward(inputs=...) passes whose inputs exclude param).
+bool backward_accumulates_into(const torch::Tensor& param);
+
 struct QuadraticLayerOptions {
   QuadraticLayerOptions(int64_t in_features, int64_t out_features, int64_t rank)
       : in_features_(in_features), out_features_(out_features), rank_(rank) {}
@@ -51,11 +63,19 @@ class QuadraticLayerImpl : public torch::nn::Cloneable<QuadraticLayerImpl> {
   // none); drop_captured() forgets them (after a step, or an optimizer's zero_grad: their
   // gradients were zeroed). set_capture(true) registers a user of the captures (an optimizer),
   // set_capture(false) releases one; capture is on while any remains, and releasing the last
-  // forgets the recorded pairs.
+  // forgets the recorded pairs. Only backward passes that accumulate into weight.grad record
+  // (backward_accumulates_into): a torch.autograd.grad pass over the inputs leaves .grad alone
+  // and records nothing. captured_with_create_graph() says whether a backward pass through the
+  // output ran with create_graph=True since the last drop_captured() (a gradient penalty, double
+  // backward): its .grad may then hold terms that no (X, G) expresses.
   void set_capture(bool enabled);
   bool capture() const { return capture_->users > 0; }
   std::pair<torch::Tensor, torch::Tensor> captured() const;
-  void drop_captured() { capture_->pairs.clear(); }
+  bool captured_with_create_graph() const { return capture_->create_graph; }
+  void drop_captured() {
+    capture_->pairs.clear();
+    capture_->create_graph = false;
+  }
 
   QuadraticLayerOptions options;
   torch::Tensor weight, S, bias;
@@ -65,6 +85,7 @@ class QuadraticLayerImpl : public torch::nn::Cloneable<QuadraticLayerImpl> {
   struct CaptureSink {
     int64_t users = 0;
     std::vector<std::pair<torch::Tensor, torch::Tensor>> pairs;  // (X, G) per backward
+    bool create_graph = false;
   };
   std::shared_ptr<CaptureSink> capture_ = std::make_shared<CaptureSink>();
 };

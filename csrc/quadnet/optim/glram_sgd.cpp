@@ -50,8 +50,21 @@ linalg::GLRAMResult quadratic_layer_step(const torch::Tensor& weight, const torc
   return result;
 }
 
+double gradient_rtol(c10::ScalarType dtype) {
+  switch (dtype) {
+    case at::kDouble:
+      return 1e-8;
+    case at::kBFloat16:
+    case at::kHalf:
+      return 4 * (dtype == at::kHalf ? 0x1p-10 : 0x1p-7);  // 4·eps
+    default:
+      return 1e-3;
+  }
+}
+
 double captured_gradient_scale(const torch::Tensor& weight, const torch::Tensor& S, const torch::Tensor& X,
-                               const torch::Tensor& G, const torch::Tensor& weight_grad, const torch::Tensor& S_grad) {
+                               const torch::Tensor& G, const torch::Tensor& weight_grad, const torch::Tensor& S_grad,
+                               bool create_graph) {
   TORCH_CHECK(weight_grad.defined() && S_grad.defined(),
               "GLRAMSGD: a QuadraticLayer with a captured batch has a gradient for only one of weight and S "
               "(freeze both or neither)");
@@ -69,8 +82,15 @@ double captured_gradient_scale(const torch::Tensor& weight, const torch::Tensor&
   const double ai = dot(weight_grad, implied_W) + dot(S_grad, implied_S);
   TORCH_CHECK(std::isfinite(ii) && std::isfinite(aa) && std::isfinite(ai),
               "GLRAMSGD: a QuadraticLayer's gradients or its captured output gradient contain NaN or Inf");
-  const double rtol = weight.scalar_type() == at::kDouble ? 1e-8 : 1e-3;
+  const double rtol = gradient_rtol(weight.scalar_type());
+  const char* create_graph_cause =
+      " A backward pass through this layer ran with create_graph=True (a gradient penalty, double backward, "
+      "torch.autograd.grad(..., create_graph=True)): the gradient it leads to holds terms of the layer's second "
+      "derivatives, which the full projected step's X^T diag(G) X cannot express. Use projection=\"tangent\" (the "
+      "default), which steps from .grad itself.";
   if (ii == 0) {
+    TORCH_CHECK(aa == 0 || !create_graph, "GLRAMSGD: the captured batch implies a zero gradient for a QuadraticLayer, "
+                "but its weight/S gradients are not zero.", create_graph_cause);
     TORCH_CHECK(aa == 0, "GLRAMSGD: the captured batch implies a zero gradient for a QuadraticLayer, but its "
                 "weight/S gradients are not zero (an edit of .grad, or gradients not from the captured batches)");
     return 1.0;
@@ -79,6 +99,9 @@ double captured_gradient_scale(const torch::Tensor& weight, const torch::Tensor&
   // ||actual − c·implied||², from the difference itself (expanding it would cancel to sqrt(eps))
   auto off_W = weight_grad - implied_W * c, off_S = S_grad - implied_S * c;
   const double residual = dot(off_W, off_W) + dot(off_S, off_S);
+  TORCH_CHECK(residual <= rtol * rtol * std::max(aa, c * c * ii) || !create_graph,
+              "GLRAMSGD: the gradients of a QuadraticLayer's weight and S are not those its captured batch implies "
+              "(relative mismatch ", std::sqrt(residual / std::max(aa, 1e-300)), " > ", rtol, ").", create_graph_cause);
   TORCH_CHECK(residual <= rtol * rtol * std::max(aa, c * c * ii),
               "GLRAMSGD: the gradients of a QuadraticLayer's weight and S are not a multiple of those its captured "
               "batch implies (relative mismatch ", std::sqrt(residual / std::max(aa, 1e-300)), " > ", rtol,
@@ -106,18 +129,18 @@ std::pair<torch::Tensor, torch::Tensor> sgd_update(const torch::Tensor& param, c
 }
 
 void check_options(const GLRAMSGDOptions& options) {
-  TORCH_CHECK(options.lr() >= 0, "GLRAMSGD: lr must be >= 0, got ", options.lr());
-  TORCH_CHECK(options.momentum() >= 0, "GLRAMSGD: momentum must be >= 0, got ", options.momentum());
-  TORCH_CHECK(options.dampening() >= 0, "GLRAMSGD: dampening must be >= 0, got ", options.dampening());
-  TORCH_CHECK(!options.nesterov() || (options.momentum() > 0 && options.dampening() == 0),
+  TORCH_CHECK_VALUE(options.lr() >= 0, "GLRAMSGD: lr must be >= 0, got ", options.lr());
+  TORCH_CHECK_VALUE(options.momentum() >= 0, "GLRAMSGD: momentum must be >= 0, got ", options.momentum());
+  TORCH_CHECK_VALUE(options.dampening() >= 0, "GLRAMSGD: dampening must be >= 0, got ", options.dampening());
+  TORCH_CHECK_VALUE(!options.nesterov() || (options.momentum() > 0 && options.dampening() == 0),
               "GLRAMSGD: nesterov momentum requires a momentum > 0 and zero dampening, got momentum ",
               options.momentum(), " and dampening ", options.dampening());
-  TORCH_CHECK(options.weight_decay() >= 0, "GLRAMSGD: weight_decay must be >= 0, got ", options.weight_decay());
-  TORCH_CHECK(options.max_iter() >= 0, "GLRAMSGD: max_iter must be >= 0, got ", options.max_iter());
-  TORCH_CHECK(options.tol() >= 0, "GLRAMSGD: tol must be >= 0, got ", options.tol());
-  TORCH_CHECK(options.solver() == "rayleigh_ritz" || options.solver() == "exact",
+  TORCH_CHECK_VALUE(options.weight_decay() >= 0, "GLRAMSGD: weight_decay must be >= 0, got ", options.weight_decay());
+  TORCH_CHECK_VALUE(options.max_iter() >= 0, "GLRAMSGD: max_iter must be >= 0, got ", options.max_iter());
+  TORCH_CHECK_VALUE(options.tol() >= 0, "GLRAMSGD: tol must be >= 0, got ", options.tol());
+  TORCH_CHECK_VALUE(options.solver() == "rayleigh_ritz" || options.solver() == "exact",
               "GLRAMSGD: solver must be \"rayleigh_ritz\" or \"exact\", got \"", options.solver(), "\"");
-  TORCH_CHECK(options.projection() == "tangent" || options.projection() == "full",
+  TORCH_CHECK_VALUE(options.projection() == "tangent" || options.projection() == "full",
               "GLRAMSGD: projection must be \"tangent\" or \"full\", got \"", options.projection(), "\"");
 }
 
@@ -208,13 +231,20 @@ StepUpdates glram_sgd_updates(const std::vector<StepGroup>& groups, const std::v
                   unavailable, ". It needs the full projected step, which is not implemented for convolutions; "
                   "re-initialise the layer (reset_parameters) or give it to another optimizer");
       if (!layer.X.defined()) {
-        TORCH_CHECK(!tangent, "GLRAMSGD: the tangent step does not apply to the ", describe(layer), ": ", unavailable,
+        const bool zero_gradient = !weight_grad.any().item<bool>() && !S_grad.any().item<bool>();
+        TORCH_CHECK(!tangent || zero_gradient, "GLRAMSGD: the tangent step does not apply to the ", describe(layer), ": ", unavailable,
                     ". Its step is the full projected step, which needs the batch captured during forward/backward, "
                     "and none was captured (were the parameters set after the previous step? then run forward and "
                     "backward again before step())");
-        continue;  // "full": not in the graph this step
+        TORCH_CHECK(zero_gradient, "GLRAMSGD: the ", describe(layer), " has gradients but no captured batch, which "
+                    "its full projected step (projection=\"full\") needs. Either another optimizer over the same "
+                    "layer stepped first (a step consumes the batch: step a layer with one optimizer, or use "
+                    "projection=\"tangent\", which steps from .grad), or its forward ran before this optimizer "
+                    "was built, in eval() mode or under torch.no_grad()");
+        continue;  // zero gradients (zero_grad(set_to_none=False), layer unused): nothing to step
       }
-      const double scale = captured_gradient_scale(layer.weight, layer.S, layer.X, layer.G, weight_grad, S_grad);
+      const double scale = captured_gradient_scale(layer.weight, layer.S, layer.X, layer.G, weight_grad, S_grad,
+                                                   layer.create_graph);
       auto result = quadratic_layer_step(layer.weight, layer.S, layer.X, scale == 1.0 ? layer.G : layer.G * scale,
                                          options.lr(), options.weight_decay(), glram_options);
       updates.needs_batch[l] = needs_batch(options.projection(), {result.weight, result.S});
@@ -348,7 +378,8 @@ torch::Tensor GLRAMSGD::step(LossClosure closure) {
       batches.push_back({layer.conv->weight, layer.conv->S, {}, {}, /*convolution=*/true});
     } else {
       auto captured = layer.dense->captured();
-      batches.push_back({layer.dense->weight, layer.dense->S, captured.first, captured.second});
+      batches.push_back({layer.dense->weight, layer.dense->S, captured.first, captured.second, /*convolution=*/false,
+                         layer.dense->captured_with_create_graph()});
     }
   }
   auto updates = glram_sgd_updates(groups, batches);  // throws before anything is written

@@ -32,11 +32,21 @@ linalg::GLRAMResult quadratic_layer_step(const torch::Tensor& weight, const torc
 // (docs/glram.rst, "Edited gradients"). The batch implies ∂ℓ/∂S_i = H^T diag(G[:, i]) H and
 // ∂ℓ/∂W = 2 Σ_i sym(S_i) H^T diag(G[:, i]) X with H = X W^T. Returns c such that the actual
 // gradients are c times those (1 when unedited; the clipping factor after clip_grad_norm_;
-// 1/scale after GradScaler's unscale_), to relative accuracy 1e-3 (float32/16) or 1e-8
-// (float64); the projected step then uses c·G. Throws when they are not such a multiple — an
-// edit other than a uniform scaling (clip_grad_value_, a penalty on the layer's parameters,
-// gradients zeroed or accumulated without the optimizer seeing the batches) — naming the
-// mismatch. weight_grad and S_grad must both be defined.
+// 1/scale after GradScaler's unscale_), to relative accuracy gradient_rtol(dtype); the projected
+// step then uses c·G. Throws when they are not such a multiple, naming the likely cause: with
+// create_graph (a backward through the layer ran with create_graph=True: a gradient penalty or
+// double backward put terms in .grad that no batch expresses), otherwise an edit other than a
+// uniform scaling (clip_grad_value_, a penalty on the layer's parameters, gradients zeroed or
+// accumulated without the optimizer seeing the batches). weight_grad and S_grad must be defined.
+double captured_gradient_scale(const torch::Tensor& weight, const torch::Tensor& S, const torch::Tensor& X,
+                               const torch::Tensor& G, const torch::Tensor& weight_grad, const torch::Tensor& S_grad,
+                               bool create_graph = false);
+
+// The relative accuracy to which captured_gradient_scale compares gradients of this dtype: 1e-8
+// for float64, 1e-3 for float32, 4·eps for bfloat16 and float16 (their gradients are rounded
+// to a few eps by every op of the backward).
+double gradient_rtol(c10::ScalarType dtype);
+
 double captured_gradient_scale(const torch::Tensor& weight, const torch::Tensor& S, const torch::Tensor& X,
                                const torch::Tensor& G, const torch::Tensor& weight_grad, const torch::Tensor& S_grad);
 
@@ -77,7 +87,7 @@ struct GLRAMSGDOptions : public torch::optim::OptimizerCloneableOptions<GLRAMSGD
   void set_lr(const double lr) override { this->lr(lr); }
 };
 
-// Throws unless lr, momentum, dampening, weight_decay ≥ 0, max_iter ≥ 0, nesterov only with
+// Throws c10::ValueError (Python: ValueError) unless lr, momentum, dampening, weight_decay ≥ 0, max_iter ≥ 0, nesterov only with
 // momentum > 0 and dampening 0, and solver and projection are known (each group's options are
 // checked when an optimizer is built, in both languages).
 void check_options(const GLRAMSGDOptions& options);
@@ -87,9 +97,12 @@ void check_options(const GLRAMSGDOptions& options);
 // A projected layer and the batch it captured since the last step (X, G undefined: none).
 // weight is the parameter itself: (rank, d), or (rank, C, kh, kw) for a convolution, whose
 // canonical space is the patch space (weight.flatten(1)); only a QuadraticLayer captures batches.
+// create_graph: a backward through it ran with create_graph=True since the last step
+// (nn::QuadraticLayerImpl::captured_with_create_graph), named when its gradients do not match.
 struct ProjectedBatch {
   torch::Tensor weight, S, X, G;
   bool convolution = false;
+  bool create_graph = false;
 };
 
 // Whether the layer's next step needs the batch captured during forward/backward: with projection
@@ -117,8 +130,8 @@ struct StepUpdates {
 // the group and whose parameters have gradients: with projection "tangent" and a layer on the
 // rank-r model, linalg::tangent_update from the gradients (momentum buffers of weight and S: the
 // tangent buffer's dW and dS); otherwise the full projected step of its captured batch (G scaled
-// by captured_gradient_scale; weight_decay on A; a layer that captured nothing is skipped with
-// "full"). SGD (momentum, weight decay) for every other parameter with a gradient. Throws — so
+// by captured_gradient_scale; weight_decay on A; with "full", a layer that captured nothing is
+// skipped when its gradients are zero and refused otherwise). SGD (momentum, weight decay) for every other parameter with a gradient. Throws — so
 // nothing is written — on a layer split across groups, gradients that do not match the captures,
 // a layer that needs a batch it did not capture (or a convolution off the model), or a
 // non-finite update.

@@ -1,36 +1,53 @@
-"""Parameter -> layer registries: how optimizers given plain parameters find their layers."""
+"""Layer registries: how optimizers given plain parameters find the layers they belong to."""
 import weakref
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 from torch import Tensor
 
 
-class ParameterRegistry:
-    """Maps the ``weight`` and ``S`` Parameters of one kind of layer to their layer.
+class LayerRegistry:
+    """Every live layer of one kind, so that a parameter's layer is found by identity.
 
-    Entries die with their layer (weak values); a stale id (a reused address) is rejected by the
-    identity check in :meth:`layer_of`. A layer keeps its entries current by calling
-    :meth:`track` from ``__setattr__`` (assignment, ``load_state_dict(..., assign=True)``) and
-    :meth:`track_all` from ``__setstate__`` (``copy.deepcopy``, pickle).
+    A layer registers itself when built (``__init__``) and when copied (``__setstate__``:
+    ``copy.deepcopy``, pickle, ``torch.load``); entries die with their layer (a weak set).
+    :meth:`layer_of` then asks each layer for its *current* ``weight`` and ``S``, so a parameter
+    is found whatever route put it there: assignment, ``load_state_dict(..., assign=True)``,
+    ``to_empty``, ``module.to()``, swapped tensors.
     """
 
     NAMES = ("weight", "S")
 
     def __init__(self) -> None:
-        self._layers: "weakref.WeakValueDictionary[int, torch.nn.Module]" = weakref.WeakValueDictionary()
+        self._layers: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
 
-    def track(self, layer: torch.nn.Module, name: str, value: object) -> None:
-        """Records ``value`` as ``layer``'s Parameter ``name`` (ignored for other names and values)."""
-        if name in self.NAMES and isinstance(value, torch.nn.Parameter):
-            self._layers[id(value)] = layer
+    def register(self, layer: torch.nn.Module) -> None:
+        self._layers.add(layer)
 
-    def track_all(self, layer: torch.nn.Module) -> None:
-        """Records every registered Parameter of ``layer``."""
-        for name in self.NAMES:
-            self.track(layer, name, getattr(layer, name))
+    def owners(self) -> dict:
+        """``{id(parameter): layer}`` for the ``weight`` and ``S`` of every live layer."""
+        found = {}
+        for layer in list(self._layers):
+            for name in self.NAMES:
+                param = getattr(layer, name, None)
+                if param is not None:
+                    found[id(param)] = layer
+        return found
 
     def layer_of(self, param: Tensor) -> Optional[torch.nn.Module]:
         """The layer whose ``weight`` or ``S`` is ``param``, or ``None``."""
-        layer = self._layers.get(id(param))
-        return layer if layer is not None and any(getattr(layer, n) is param for n in self.NAMES) else None
+        return self.owners().get(id(param))
+
+
+def layers_of(params: Iterable[Tensor], *registries: LayerRegistry) -> list:
+    """The layers, of any of ``registries``, that own one of ``params``, in the order of their
+    first parameter in ``params`` (each once)."""
+    owners = {}
+    for registry in registries:
+        owners.update(registry.owners())
+    found = {}
+    for p in params:
+        layer = owners.get(id(p))
+        if layer is not None:
+            found.setdefault(id(layer), layer)
+    return list(found.values())

@@ -5,13 +5,13 @@ import torch
 from torch import Tensor
 
 from .. import _C
-from ..ops import _Pair, _pair
-from ._registry import ParameterRegistry
+from ..ops import _int, _Pair, _pair
+from ._registry import LayerRegistry
 
 __all__ = ["QuadraticConv2d", "DiagonalQuadraticConv2d", "PolynomialConvBlock"]
 
 # So GLRAMSGD, given plain parameters, finds these layers (and refuses them with projection="full").
-_CONVS = ParameterRegistry()
+_CONVS = LayerRegistry()
 
 
 def quadratic_conv_of(param: Tensor) -> Optional["QuadraticConv2d"]:
@@ -34,14 +34,14 @@ class _QuadraticConvBase(torch.nn.Module):
 
     def _set_geometry(self, name: str, in_channels: int, out_channels: int, kernel_size: _Pair, rank: int,
                       stride: _Pair, padding: _Pair, dilation: _Pair) -> None:
-        if min(in_channels, out_channels, rank) <= 0:
-            raise ValueError(f"{name}: in_channels, out_channels and rank must be positive, got "
-                             f"in_channels={in_channels}, out_channels={out_channels}, rank={rank}")
+        """Converts the arguments (``TypeError``/``ValueError`` naming one that is not an int or a pair
+        of ints) and checks them in C++ (``quadnet::nn::check_conv_options``: ``ValueError``)."""
+        in_channels, out_channels, rank = (_int(value, f"{name}: {arg}") for arg, value in (
+            ("in_channels", in_channels), ("out_channels", out_channels), ("rank", rank)))
         kernel_size, stride, padding, dilation = (_pair(value, f"{name}: {arg}") for arg, value in (
             ("kernel_size", kernel_size), ("stride", stride), ("padding", padding), ("dilation", dilation)))
-        if min(kernel_size + stride + dilation) <= 0 or min(padding) < 0:
-            raise ValueError(f"{name}: kernel_size, stride and dilation must be positive and padding non-negative, "
-                             f"got kernel_size={kernel_size}, stride={stride}, padding={padding}, dilation={dilation}")
+        _C.nn.check_conv_options(name, in_channels, out_channels, kernel_size, rank, stride, padding, dilation,
+                                 isinstance(self, QuadraticConv2d))
         self.in_channels, self.out_channels, self.rank = in_channels, out_channels, rank
         self.kernel_size, self.stride, self.padding, self.dilation = kernel_size, stride, padding, dilation
 
@@ -103,17 +103,13 @@ class QuadraticConv2d(_QuadraticConvBase):
         else:
             self.register_parameter("bias", None)
         self.reset_parameters()
+        _CONVS.register(self)
 
-    # The registry follows weight and S through assignment and copies (as QuadraticLayer's).
-    @torch.jit.unused
-    def __setattr__(self, name: str, value) -> None:
-        super().__setattr__(name, value)
-        _CONVS.track(self, name, value)
-
+    # Copies (copy.deepcopy, pickle) are registered as well (as QuadraticLayer's).
     @torch.jit.unused
     def __setstate__(self, state) -> None:
         super().__setstate__(state)
-        _CONVS.track_all(self)
+        _CONVS.register(self)
 
     def reset_parameters(self) -> None:
         """The C++ module's initialisation (``quadnet::nn::init::quadratic_layer_``, fan-in ``C·kh·kw``)."""

@@ -6,13 +6,23 @@ import torch
 from torch import Tensor
 
 from .. import _C
-from ._registry import ParameterRegistry
+from ..ops import _int
+from ._registry import LayerRegistry
 from .conv import QuadraticConv2d, conv_to_diagonal
 
 __all__ = ["QuadraticLayer", "DiagonalQuadraticLayer", "to_diagonal"]
 
 # So optimizers given plain parameters find the layers.
-_LAYERS = ParameterRegistry()
+_LAYERS = LayerRegistry()
+
+
+def _check_sizes(module: str, in_features, out_features, rank, rank_at_most_in_features: bool):
+    """The sizes as ints (``TypeError`` naming the argument otherwise), checked by C++
+    (``quadnet::nn::check_layer_sizes``: ``ValueError``)."""
+    sizes = tuple(_int(value, f"{module}: {name}")
+                  for name, value in (("in_features", in_features), ("out_features", out_features), ("rank", rank)))
+    _C.nn.check_layer_sizes(module, *sizes, rank_at_most_in_features)
+    return sizes
 
 
 def quadratic_layer_of(param: Tensor) -> Optional["QuadraticLayer"]:
@@ -58,9 +68,7 @@ class QuadraticLayer(torch.nn.Module):
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
                  device=None, dtype=None) -> None:
         super().__init__()
-        if min(in_features, out_features, rank) <= 0:
-            raise ValueError("QuadraticLayer: in_features, out_features and rank must be positive, "
-                             f"got in_features={in_features}, out_features={out_features}, rank={rank}")
+        in_features, out_features, rank = _check_sizes("QuadraticLayer", in_features, out_features, rank, True)
         factory = {"device": device, "dtype": dtype}
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         self.weight = torch.nn.Parameter(torch.empty(rank, in_features, **factory))
@@ -71,19 +79,14 @@ class QuadraticLayer(torch.nn.Module):
             self.register_parameter("bias", None)
         self._reset_capture()
         self.reset_parameters()
+        _LAYERS.register(self)
 
-    # The registry follows weight and S wherever a new Parameter object takes their place:
-    # assignment (``layer.weight = ...``, ``load_state_dict(..., assign=True)``) goes through
-    # __setattr__, copies (``copy.deepcopy``, pickle) through __setstate__.
-    @torch.jit.unused
-    def __setattr__(self, name: str, value) -> None:
-        super().__setattr__(name, value)
-        _LAYERS.track(self, name, value)
-
+    # Copies (``copy.deepcopy``, pickle) are registered as well; the registry asks each layer
+    # for its current weight and S, so new Parameter objects need no tracking.
     @torch.jit.unused
     def __setstate__(self, state) -> None:
         super().__setstate__(state)
-        _LAYERS.track_all(self)
+        _LAYERS.register(self)
         self._reset_capture()  # a copy has no optimizer yet: it must not capture for the original's
 
     def reset_parameters(self) -> None:
@@ -106,6 +109,7 @@ class QuadraticLayer(torch.nn.Module):
     def _reset_capture(self) -> None:
         self._capture_users = 0
         self._captured: List[Tuple[Tensor, Tensor]] = []
+        self._create_graph = False
 
     @torch.jit.unused
     def set_capture(self, enabled: bool) -> None:
@@ -114,20 +118,26 @@ class QuadraticLayer(torch.nn.Module):
         recorded. Releasing the last one forgets what was recorded."""
         self._capture_users = self._capture_users + 1 if enabled else max(0, self._capture_users - 1)
         if self._capture_users == 0:
-            self._captured = []
+            self.drop_captured()
 
     @torch.jit.unused
     def _record(self, x: Tensor, y: Tensor) -> None:
         # X is held by the hook alone, so it lives as long as y's autograd graph: a forward that
         # never gets a backward (a validation pass with grad enabled) keeps nothing once its
-        # graph is freed. The hook reaches the layer through a weak reference.
+        # graph is freed. The hook reaches the layer through a weak reference. As in C++, only a
+        # pass that accumulates into weight.grad records (not torch.autograd.grad over the inputs),
+        # and a pass with create_graph=True is noted (its .grad may hold second-order terms).
         layer = weakref.ref(self)
         x = x.detach().reshape(-1, self.in_features)
-        out_features = self.out_features
+        weight, out_features = self.weight, self.out_features
 
         def record(grad: Tensor) -> None:
             owner = layer()
-            if owner is not None and owner._capture_users > 0:
+            if owner is None or owner._capture_users == 0:
+                return
+            if torch.is_grad_enabled():
+                owner._create_graph = True
+            if _C.nn.backward_accumulates_into(weight):
                 owner._captured.append((x, grad.reshape(-1, out_features)))
         y.register_hook(record)
 
@@ -143,6 +153,13 @@ class QuadraticLayer(torch.nn.Module):
     def drop_captured(self) -> None:
         """Forgets the recorded batches (after a step, or when their gradients are zeroed)."""
         self._captured = []
+        self._create_graph = False
+
+    @torch.jit.unused
+    def captured_with_create_graph(self) -> bool:
+        """Whether a backward pass through the output ran with ``create_graph=True`` since the
+        last :meth:`drop_captured` (a gradient penalty, double backward)."""
+        return self._create_graph
 
     def canonical(self) -> Tensor:
         """Canonical matrices ``A_i = W^T sym(S_i) W``, shape ``(out_features, in_features, in_features)``."""
@@ -187,10 +204,8 @@ class DiagonalQuadraticLayer(torch.nn.Module):
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True,
                  device=None, dtype=None) -> None:
         super().__init__()
-        if min(in_features, out_features, rank) <= 0:
-            raise ValueError("DiagonalQuadraticLayer: in_features, out_features and rank must be "
-                             f"positive, got in_features={in_features}, out_features={out_features}, "
-                             f"rank={rank}")
+        in_features, out_features, rank = _check_sizes("DiagonalQuadraticLayer", in_features, out_features, rank,
+                                                       False)
         factory = {"device": device, "dtype": dtype}
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
         self.weight = torch.nn.Parameter(torch.empty(rank, in_features, **factory))

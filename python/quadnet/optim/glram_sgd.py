@@ -8,8 +8,10 @@ from torch.optim import Optimizer
 
 from .. import _C
 from ..linalg import DEFAULT_MAX_ITER, DEFAULT_SOLVER, DEFAULT_TOL, GLRAMResult
-from ..nn.conv import QuadraticConv2d, quadratic_conv_of
-from ..nn.quadratic import QuadraticLayer, quadratic_layer_of
+from ..nn._registry import layers_of
+from ..nn.conv import _CONVS, QuadraticConv2d, quadratic_conv_of
+from ..nn.quadratic import _LAYERS as _DENSE
+from ..nn.quadratic import QuadraticLayer
 
 __all__ = ["GLRAMSGD"]
 
@@ -89,28 +91,36 @@ class GLRAMSGD(Optimizer):
                  dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
                  tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER, solver: str = DEFAULT_SOLVER,
                  projection: str = DEFAULT_PROJECTION):
-        layers = []
         if isinstance(params, torch.nn.Module):
-            layers = [m for m in params.modules() if isinstance(m, (QuadraticLayer, QuadraticConv2d))]
             params = params.parameters()
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
                         weight_decay=weight_decay, tol=tol, max_iter=max_iter, solver=solver, projection=projection)
         _check_options(defaults)
-        super().__init__(params, defaults)
-        if not layers:  # plain parameters: find the layers they belong to (weight or S)
-            found = (_layer_of(p) for g in self.param_groups for p in g["params"])
-            layers = list({id(layer): layer for layer in found if layer is not None}.values())
-        in_groups = {id(p) for g in self.param_groups for p in g["params"]}
-        self._layers = [layer for layer in layers if id(layer.weight) in in_groups or id(layer.S) in in_groups]
-        _check_layers_in_groups(self._layers, self.param_groups)
-        _refuse_full_convolutions(self.param_groups)
-        self._capturing = {}  # id(layer) -> layer, for the layers this optimizer has capture on
-        for layer in self._layers:
-            self._set_capturing(layer, self._needs_batch(layer))
-        # When the optimizer is gone its layers stop capturing (other optimizers' uses remain).
-        weakref.finalize(self, _release_capture, self._capturing)
+        self._layers: list = []
+        self._capturing: dict = {}  # id(layer) -> weakref, for the layers this optimizer has capture on
+        super().__init__(params, defaults)  # each group through add_param_group, which finds the layers
+        self._finalize_capture()
         #: GLRAM results of the last step, one per projected layer (objective, iterations).
         self.last_projections: list = []
+
+    def _find_layers(self) -> None:
+        """The projected layers are those whose ``weight`` or ``S`` is in a param group, found by
+        identity among every live layer (nn._registry), whatever route put the parameters there;
+        refused: half a layer in a group, a convolution in a "full" group. Capture follows."""
+        found = layers_of((p for g in self.param_groups for p in g["params"]), _DENSE, _CONVS)
+        _check_layers_in_groups(found, self.param_groups)
+        _refuse_full_convolutions(self.param_groups)
+        found_ids = {id(layer) for layer in found}
+        for layer in self._layers:  # layers no longer here (their parameters were replaced)
+            if id(layer) not in found_ids:
+                self._set_capturing(layer, False)
+        self._layers = found
+        for layer in self._layers:
+            self._set_capturing(layer, self._needs_batch(layer))
+
+    def _finalize_capture(self) -> None:
+        # When the optimizer is gone its layers stop capturing (other optimizers' uses remain).
+        weakref.finalize(self, _release_capture, self._capturing)
 
     def _needs_batch(self, layer) -> bool:
         """Whether the layer's next step is a full projected step, which needs its batch."""
@@ -134,23 +144,48 @@ class GLRAMSGD(Optimizer):
             if isinstance(layer, QuadraticLayer):
                 layer.drop_captured()
 
+    def __getstate__(self) -> dict:
+        # The layers travel with the optimizer, so a copy made alone (copy.deepcopy(opt),
+        # pickle.dumps(opt)) projects the copies of its parameters instead of treating them as
+        # plain ones; copied together with the model, they are the model's copied layers.
+        return {**super().__getstate__(), "_layers": self._layers}
+
     def __setstate__(self, state: dict) -> None:
+        layers = state.pop("_layers", [])  # kept alive until found below
         super().__setstate__(state)
         for group in self.param_groups:  # state dicts saved before these options existed
-            group.setdefault("solver", DEFAULT_SOLVER)
-            group.setdefault("projection", DEFAULT_PROJECTION)
-            group.setdefault("dampening", 0.0)
-            group.setdefault("nesterov", False)
+            _set_new_option_defaults(group)
+        if not hasattr(self, "_capturing"):  # a copy (deepcopy, pickle), not load_state_dict
+            self._layers, self._capturing, self.last_projections = [], {}, []
+            self._finalize_capture()
+        self._find_layers()
+        del layers
 
     def add_param_group(self, param_group: dict) -> None:
-        """``Optimizer.add_param_group``, with the group's options checked as in C++."""
+        """``Optimizer.add_param_group``, with the group's options checked as in C++ and the
+        quadratic layers among its parameters found (``ValueError`` for half a layer, or a
+        convolution with ``projection="full"``); a refused group is not added."""
         super().add_param_group(param_group)
         try:
             _check_options(self.param_groups[-1])
-            _refuse_full_convolutions(self.param_groups[-1:])
+            self._find_layers()
         except ValueError:
             self.param_groups.pop()
+            self._find_layers()
             raise
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """``Optimizer.load_state_dict``; a state dict that is not GLRAMSGD's (e.g. torch.optim.SGD's)
+        or holds invalid options is a ``ValueError`` naming what is wrong, and changes nothing."""
+        for index, saved in enumerate(state_dict.get("param_groups", [])):
+            group = dict(saved)
+            _set_new_option_defaults(group)
+            missing = [key for key in self.defaults if key not in group]
+            if missing:
+                raise ValueError(f"GLRAMSGD.load_state_dict: param group {index} has no {', '.join(missing)}: "
+                                 "not a GLRAMSGD state dict (one saved by another optimizer?)")
+            _check_options(group)
+        super().load_state_dict(state_dict)
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], torch.Tensor]] = None):
@@ -158,18 +193,19 @@ class GLRAMSGD(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # Checked for every group before any capture is consumed: a refused step changes nothing.
-        _check_layers_in_groups(self._layers, self.param_groups)
+        # Found again (parameters may have moved to other layers since) and checked for every
+        # group before any capture is consumed: a refused step changes nothing.
+        self._find_layers()
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         batches = []
         for layer in self._layers:
             if isinstance(layer, QuadraticConv2d):
-                batches.append((layer.weight, layer.S, None, None, True))
+                batches.append((layer.weight, layer.S, None, None, True, False))
                 continue
             X, G = layer.captured()
             if distributed and id(layer) in self._capturing:
                 X, G = _all_gather_batch(layer, X, G)
-            batches.append((layer.weight, layer.S, X, G, False))
+            batches.append((layer.weight, layer.S, X, G, False, layer.captured_with_create_graph()))
         def momentum_buffer_of(p):
             return self.state[p].get("momentum_buffer") if p in self.state else None  # no empty state entries
         groups = [(group["params"], [momentum_buffer_of(p) for p in group["params"]], group)
@@ -189,8 +225,12 @@ class GLRAMSGD(Optimizer):
         return loss
 
 
-def _layer_of(p):
-    return quadratic_layer_of(p) or quadratic_conv_of(p)
+def _set_new_option_defaults(group: dict) -> None:
+    """Options added after the first release: absent from older state dicts, which keep the defaults."""
+    group.setdefault("solver", DEFAULT_SOLVER)
+    group.setdefault("projection", DEFAULT_PROJECTION)
+    group.setdefault("dampening", 0.0)
+    group.setdefault("nesterov", False)
 
 
 def _refuse_full_convolutions(groups) -> None:
@@ -208,10 +248,7 @@ def _refuse_full_convolutions(groups) -> None:
 
 
 def _check_options(group: dict) -> None:
-    try:
-        _C.optim.check_options(group)
-    except RuntimeError as error:
-        raise ValueError(str(error).splitlines()[0]) from None
+    _C.optim.check_options(group)  # ValueError (c10::ValueError), naming the option
 
 
 def _release_capture(capturing: dict) -> None:
