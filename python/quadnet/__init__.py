@@ -29,7 +29,7 @@ def _load_extension():
 _C = _load_extension()  # registers torch.ops.quadnet.*
 from . import linalg, nn, ops, optim, serialize
 from .nn import collapse, overparameterize
-from .serialize import load_state_dict, save_state_dict
+from .serialize import load_exported, load_state_dict, save_state_dict
 
-__all__ = ["linalg", "nn", "ops", "optim", "serialize", "save_state_dict", "load_state_dict",
+__all__ = ["linalg", "nn", "ops", "optim", "serialize", "save_state_dict", "load_state_dict", "load_exported",
            "overparameterize", "collapse"]

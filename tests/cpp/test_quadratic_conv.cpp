@@ -1,4 +1,5 @@
 #include <gtest/gtest.h>
+#include <ATen/autocast_mode.h>
 #include <torch/torch.h>
 
 #include <quadnet/quadnet.h>
@@ -154,6 +155,43 @@ TEST(QuadraticConv2d, GLRAMSGDTakesTheTangentStep) {
   EXPECT_TRUE(torch::allclose(conv->S.detach(), expected.S, 0, 1e-12));
   EXPECT_TRUE(torch::allclose(torch::mm(W, W.t()), torch::eye(4, torch::kDouble), 0, 1e-12));
   EXPECT_FALSE(torch::allclose(W, W0.flatten(1)));
+}
+
+}  // namespace
+
+namespace {
+
+// CPU autocast to bfloat16 for the guard's lifetime.
+struct CpuAutocast {
+  CpuAutocast() {
+    at::autocast::set_autocast_dtype(at::kCPU, at::kBFloat16);
+    at::autocast::set_autocast_enabled(at::kCPU, true);
+  }
+  ~CpuAutocast() {
+    at::autocast::set_autocast_enabled(at::kCPU, false);
+    at::autocast::clear_cache();
+  }
+};
+
+TEST(Autocast, ModulesRunInFloat32OnAReducedPrecisionInput) {
+  torch::manual_seed(30);
+  quadnet::nn::QuadraticLayer dense(6, 3, 2);
+  QuadraticConv2d conv(QuadraticConv2dOptions(3, 4, 3, 2).padding(1));
+  auto x = torch::randn({8, 6}).to(torch::kBFloat16), image = torch::randn({2, 3, 5, 5}).to(torch::kBFloat16);
+  auto expected_dense = dense->forward(x.to(torch::kFloat32));
+  auto expected_conv = conv->forward(image.to(torch::kFloat32));
+  torch::Tensor y, z;
+  {
+    CpuAutocast autocast;
+    y = dense->forward(x);  // without the Autocast kernels: a dtype mismatch (bfloat16 x, float32 weight)
+    z = conv->forward(image);
+  }
+  // the op in float32, its result in x's bfloat16; the float32 bias then promotes it
+  EXPECT_TRUE(torch::allclose(y, expected_dense, 1e-2, 1e-2));
+  EXPECT_TRUE(torch::allclose(z, expected_conv, 1e-2, 1e-2));
+  (y.sum() + z.sum()).backward();
+  EXPECT_EQ(dense->weight.grad().scalar_type(), torch::kFloat32);
+  EXPECT_EQ(conv->S.grad().scalar_type(), torch::kFloat32);
 }
 
 }  // namespace

@@ -137,3 +137,25 @@ def test_export_deep_polynomial_net(device):
         for rows in (16, 5):
             x = torch.randn(rows, 20, device=device)
             torch.testing.assert_close(program.module()(x), net(x))
+
+
+def test_a_saved_program_loads_with_quadnet_imported_and_says_so_without(tmp_path):
+    """torch.export.load resolves quadnet's ops only once quadnet is imported: in a fresh
+    interpreter the bare load fails naming the op, quadnet.load_exported works."""
+    import subprocess
+    import sys
+    net = DeepPolynomialNet([6, 4, 2], ranks=[3, 2]).eval()
+    x = torch.randn(5, 6)
+    path = tmp_path / "net.pt2"
+    torch.export.save(torch.export.export(net, (x,)), path)
+    torch.save({"x": x, "y": net(x).detach()}, tmp_path / "io.pt")
+    bare = subprocess.run([sys.executable, "-c", f"import torch; torch.export.load({str(path)!r})"],
+                          capture_output=True, text=True)
+    assert bare.returncode != 0 and "torch.ops.quadnet.quadratic_form" in bare.stderr
+    helper = subprocess.run([sys.executable, "-c", (
+        "import torch, quadnet\n"
+        f"program = quadnet.load_exported({str(path)!r})\n"
+        f"io = torch.load({str(tmp_path / 'io.pt')!r})\n"
+        "torch.testing.assert_close(program.module()(io['x']), io['y'])\n")],
+        capture_output=True, text=True)
+    assert helper.returncode == 0, helper.stderr

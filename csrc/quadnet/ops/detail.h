@@ -60,5 +60,27 @@ at::Tensor quadratic_conv2d_composite(const at::Tensor& x, const at::Tensor& wei
 at::Tensor diagonal_quadratic_conv2d_composite(const at::Tensor& x, const at::Tensor& weight,
                                                const at::Tensor& alpha, at::IntArrayRef stride,
                                                at::IntArrayRef padding, at::IntArrayRef dilation);
+
+// Autocast kernels (autocast.cpp), instantiated for CPU and CUDA: the op in float32, the result
+// in its first input's dtype.
+template <c10::DeviceType device>
+at::Tensor quadratic_form_autocast(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& S);
+template <c10::DeviceType device>
+at::Tensor diagonal_quadratic_form_autocast(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha);
+template <c10::DeviceType device>
+at::Tensor quadratic_features_autocast(const at::Tensor& h, const at::Tensor& S);
+template <c10::DeviceType device>
+at::Tensor quadratic_conv2d_autocast(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& S,
+                                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation);
+template <c10::DeviceType device>
+at::Tensor diagonal_quadratic_conv2d_autocast(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha,
+                                              at::IntArrayRef stride, at::IntArrayRef padding,
+                                              at::IntArrayRef dilation);
+template <c10::DeviceType device>
+at::Tensor canonical_gradient_autocast(const at::Tensor& X, const at::Tensor& G);
+template <c10::DeviceType device>
+at::Tensor canonical_form_autocast(const at::Tensor& weight, const at::Tensor& S);
+template <c10::DeviceType device>
+at::Tensor diagonal_canonical_form_autocast(const at::Tensor& weight, const at::Tensor& alpha);
 }  // namespace ops
 }  // namespace quadnet

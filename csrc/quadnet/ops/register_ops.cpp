@@ -10,8 +10,9 @@
 //                              autograd); _quadratic_form_forward and the _backward ops: their
 //                              formulas as differentiable ATen ops when their own inputs need
 //                              gradients (double backward, direct calls).
-// The other ops (the convolutions included: conv2d + quadratic_features) are short compositions: CompositeImplicitAutograd (autograd, devices and
-// tracing come from the ATen ops they call).
+// The other ops (the convolutions included: conv2d + quadratic_features) are short compositions:
+// CompositeImplicitAutograd (autograd, devices and tracing come from the ATen ops they call).
+// Every public op has AutocastCPU / AutocastCUDA kernels (autocast.cpp): float32 inside.
 #include <torch/library.h>
 
 #include "detail.h"
@@ -66,3 +67,18 @@ TORCH_LIBRARY_IMPL(quadnet, Autograd, m) {
   m.impl("quadratic_features", TORCH_FN(quadnet::ops::quadratic_features_autograd));
   m.impl("_quadratic_features_backward", TORCH_FN(quadnet::ops::quadratic_features_backward_autograd));
 }
+
+#define QUADNET_REGISTER_AUTOCAST(device)                                                                 \
+  m.impl("quadratic_form", TORCH_FN(quadnet::ops::quadratic_form_autocast<device>));                      \
+  m.impl("diagonal_quadratic_form", TORCH_FN(quadnet::ops::diagonal_quadratic_form_autocast<device>));    \
+  m.impl("quadratic_features", TORCH_FN(quadnet::ops::quadratic_features_autocast<device>));              \
+  m.impl("quadratic_conv2d", TORCH_FN(quadnet::ops::quadratic_conv2d_autocast<device>));                  \
+  m.impl("diagonal_quadratic_conv2d", TORCH_FN(quadnet::ops::diagonal_quadratic_conv2d_autocast<device>)); \
+  m.impl("canonical_gradient", TORCH_FN(quadnet::ops::canonical_gradient_autocast<device>));              \
+  m.impl("canonical_form", TORCH_FN(quadnet::ops::canonical_form_autocast<device>));                      \
+  m.impl("diagonal_canonical_form", TORCH_FN(quadnet::ops::diagonal_canonical_form_autocast<device>));
+
+TORCH_LIBRARY_IMPL(quadnet, AutocastCPU, m) { QUADNET_REGISTER_AUTOCAST(c10::DeviceType::CPU) }
+TORCH_LIBRARY_IMPL(quadnet, AutocastCUDA, m) { QUADNET_REGISTER_AUTOCAST(c10::DeviceType::CUDA) }
+#undef QUADNET_REGISTER_AUTOCAST
+

@@ -243,9 +243,12 @@ StepUpdates glram_sgd_updates(const std::vector<StepGroup>& groups, const std::v
                     "was built, in eval() mode or under torch.no_grad()");
         continue;  // zero gradients (zero_grad(set_to_none=False), layer unused): nothing to step
       }
-      const double scale = captured_gradient_scale(layer.weight, layer.S, layer.X, layer.G, weight_grad, S_grad,
+      // Under autocast the batch may be in a lower precision than the layer (the op ran in the
+      // parameters' float32 on the cast input): the gradients are those of the cast batch.
+      const auto X = layer.X.to(layer.weight.scalar_type()), G = layer.G.to(layer.weight.scalar_type());
+      const double scale = captured_gradient_scale(layer.weight, layer.S, X, G, weight_grad, S_grad,
                                                    layer.create_graph);
-      auto result = quadratic_layer_step(layer.weight, layer.S, layer.X, scale == 1.0 ? layer.G : layer.G * scale,
+      auto result = quadratic_layer_step(layer.weight, layer.S, X, scale == 1.0 ? G : G * scale,
                                          options.lr(), options.weight_decay(), glram_options);
       updates.needs_batch[l] = needs_batch(options.projection(), {result.weight, result.S});
       updates.values.emplace_back(layer.weight, result.weight);

@@ -70,10 +70,15 @@ class GLRAMSGD(Optimizer):
     Args:
         params: an ``nn.Module`` (all its parameters), or an iterable of parameters / param
             group dicts, as for ``torch.optim.SGD``. Quadratic layers are found from their
-            parameters, so ``GLRAMSGD(model.parameters(), ...)`` works (also after
-            ``copy.deepcopy``, pickling, ``load_state_dict(..., assign=True)`` or assigning a
-            new ``weight`` / ``S``). A layer's ``weight`` and ``S`` must be in the same param
-            group (``ValueError`` otherwise: half a layer would get plain SGD).
+            parameters by identity among every live layer — at construction,
+            ``add_param_group``, ``load_state_dict``, unpickling and every step — so any route
+            works: ``model.parameters()``, param groups, layers added later, ``copy.deepcopy``,
+            pickle, ``load_state_dict(..., assign=True)``, ``to_empty`` after meta-device
+            construction, ``module.to()``, new Parameters assigned. A layer's ``weight`` and
+            ``S`` must be in the same param group (``ValueError`` otherwise, on every route:
+            half a layer would get plain SGD). The optimizer pickles and deep-copies with its
+            layers: copied alone it projects the copies; copied with the model (``copy.deepcopy
+            ((model, opt))``) it continues identically.
         lr: learning rate.
         momentum: momentum factor (default 0): of every parameter with ``"tangent"``, of the
             non-quadratic parameters with ``"full"``.

@@ -1,0 +1,97 @@
+// Autocast kernels (AutocastCPU, AutocastCUDA) of quadnet's public ops, torchvision's policy:
+// under torch.autocast an op runs in float32 — its inputs cast (float64 stays float64), the
+// autocast key excluded while it runs — and returns its result in the dtype of its first input,
+// so forward and backward run in one dtype whatever mix of float32 parameters and reduced-
+// precision activations autocast produced (a quadratic form squares its inputs' rounding).
+#include <ATen/autocast_mode.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+
+#include "detail.h"
+#include "quadratic_conv.h"
+#include "quadratic_form.h"
+
+namespace quadnet {
+namespace ops {
+
+namespace {
+
+template <c10::DeviceType device>
+struct AutocastFloat32 {
+  AutocastFloat32() : no_autocast(at::autocast::get_autocast_dispatch_key_from_device_type(device)) {}
+  at::Tensor operator()(const at::Tensor& t) const { return at::autocast::cached_cast(at::kFloat, t, device); }
+  c10::impl::ExcludeDispatchKeyGuard no_autocast;
+};
+
+}  // namespace
+
+template <c10::DeviceType device>
+at::Tensor quadratic_form_autocast(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& S) {
+  AutocastFloat32<device> f32;
+  return quadnet::quadratic_form(f32(x), f32(weight), f32(S)).to(x.scalar_type());
+}
+
+template <c10::DeviceType device>
+at::Tensor diagonal_quadratic_form_autocast(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha) {
+  AutocastFloat32<device> f32;
+  return quadnet::diagonal_quadratic_form(f32(x), f32(weight), f32(alpha)).to(x.scalar_type());
+}
+
+template <c10::DeviceType device>
+at::Tensor quadratic_features_autocast(const at::Tensor& h, const at::Tensor& S) {
+  AutocastFloat32<device> f32;
+  return quadnet::quadratic_features(f32(h), f32(S)).to(h.scalar_type());
+}
+
+template <c10::DeviceType device>
+at::Tensor quadratic_conv2d_autocast(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& S,
+                                     at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
+  AutocastFloat32<device> f32;
+  return quadnet::quadratic_conv2d(f32(x), f32(weight), f32(S), stride, padding, dilation).to(x.scalar_type());
+}
+
+template <c10::DeviceType device>
+at::Tensor diagonal_quadratic_conv2d_autocast(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha,
+                                              at::IntArrayRef stride, at::IntArrayRef padding,
+                                              at::IntArrayRef dilation) {
+  AutocastFloat32<device> f32;
+  return quadnet::diagonal_quadratic_conv2d(f32(x), f32(weight), f32(alpha), stride, padding, dilation).to(x.scalar_type());
+}
+
+template <c10::DeviceType device>
+at::Tensor canonical_gradient_autocast(const at::Tensor& X, const at::Tensor& G) {
+  AutocastFloat32<device> f32;
+  return quadnet::canonical_gradient(f32(X), f32(G)).to(X.scalar_type());
+}
+
+template <c10::DeviceType device>
+at::Tensor canonical_form_autocast(const at::Tensor& weight, const at::Tensor& S) {
+  AutocastFloat32<device> f32;
+  return quadnet::canonical_form(f32(weight), f32(S)).to(weight.scalar_type());
+}
+
+template <c10::DeviceType device>
+at::Tensor diagonal_canonical_form_autocast(const at::Tensor& weight, const at::Tensor& alpha) {
+  AutocastFloat32<device> f32;
+  return quadnet::diagonal_canonical_form(f32(weight), f32(alpha)).to(weight.scalar_type());
+}
+
+#define QUADNET_AUTOCAST_INSTANTIATE(device)                                                                        \
+  template at::Tensor quadratic_form_autocast<device>(const at::Tensor&, const at::Tensor&, const at::Tensor&);     \
+  template at::Tensor diagonal_quadratic_form_autocast<device>(const at::Tensor&, const at::Tensor&,                \
+                                                               const at::Tensor&);                                  \
+  template at::Tensor quadratic_features_autocast<device>(const at::Tensor&, const at::Tensor&);                    \
+  template at::Tensor quadratic_conv2d_autocast<device>(const at::Tensor&, const at::Tensor&, const at::Tensor&,    \
+                                                        at::IntArrayRef, at::IntArrayRef, at::IntArrayRef);         \
+  template at::Tensor diagonal_quadratic_conv2d_autocast<device>(const at::Tensor&, const at::Tensor&,              \
+                                                                 const at::Tensor&, at::IntArrayRef,                \
+                                                                 at::IntArrayRef, at::IntArrayRef);                 \
+  template at::Tensor canonical_gradient_autocast<device>(const at::Tensor&, const at::Tensor&);                    \
+  template at::Tensor canonical_form_autocast<device>(const at::Tensor&, const at::Tensor&);                        \
+  template at::Tensor diagonal_canonical_form_autocast<device>(const at::Tensor&, const at::Tensor&);
+
+QUADNET_AUTOCAST_INSTANTIATE(c10::DeviceType::CPU)
+QUADNET_AUTOCAST_INSTANTIATE(c10::DeviceType::CUDA)
+#undef QUADNET_AUTOCAST_INSTANTIATE
+
+}  // namespace ops
+}  // namespace quadnet
