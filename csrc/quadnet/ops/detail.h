@@ -8,6 +8,7 @@
 
 #include <c10/util/ArrayRef.h>
 
+#include <initializer_list>
 #include <tuple>
 
 namespace quadnet {
@@ -18,6 +19,12 @@ template <class Signature>
 c10::TypedOperatorHandle<Signature> typed_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
 }
+
+// Whether an Autograd kernel must record its ATen composition instead of its own autograd node:
+// a torch.func transform is active (functorch refuses C++ autograd nodes; the ATen ops have its
+// batching rules and forward derivatives), or an input carries a forward-mode tangent
+// (torch.autograd.forward_ad: the node has no forward derivative).
+bool needs_composite_autograd(std::initializer_list<at::Tensor> inputs);
 
 at::Tensor quadratic_form_composite(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& S);
 at::Tensor quadratic_form_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& S);

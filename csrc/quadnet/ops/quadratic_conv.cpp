@@ -307,6 +307,7 @@ at::Tensor quadratic_features_meta(const at::Tensor& h, const at::Tensor& S) {
 }
 
 at::Tensor quadratic_features_autograd(const at::Tensor& h, const at::Tensor& S) {
+  if (needs_composite_autograd({h, S})) return quadratic_features_composite(h, S);
   check_features_args(h, S);
   auto y = QuadraticFeaturesFunction::apply(flatten_samples(h), S);
   return y.view_symint(output_shape(h, S.sym_size(0)));
@@ -339,8 +340,9 @@ std::tuple<at::Tensor, at::Tensor> quadratic_features_backward_meta(const at::Te
 
 std::tuple<at::Tensor, at::Tensor> quadratic_features_backward_autograd(const at::Tensor& grad, const at::Tensor& h,
                                                                         const at::Tensor& S) {
-  if (at::GradMode::is_enabled() && (grad.requires_grad() || h.requires_grad() || S.requires_grad())) {
-    // Double backward: the composite kernel's ATen ops, recorded by autograd.
+  if ((at::GradMode::is_enabled() && (grad.requires_grad() || h.requires_grad() || S.requires_grad())) ||
+      needs_composite_autograd({grad, h, S})) {
+    // Double backward (or torch.func): the composite kernel's ATen ops, recorded by autograd.
     return quadratic_features_backward_composite(grad, h, S);
   }
   at::AutoDispatchBelowADInplaceOrView below_autograd;

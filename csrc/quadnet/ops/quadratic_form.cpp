@@ -2,6 +2,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/autograd.h>
 
 #include "../utils/checks.h"
@@ -194,6 +195,16 @@ at::Tensor diagonal_canonical_form(const at::Tensor& weight, const at::Tensor& a
 // ---- kernels ----
 namespace ops {
 
+bool needs_composite_autograd(std::initializer_list<at::Tensor> inputs) {
+  // functorch includes its front/back-mode keys in the thread's dispatch keys while any
+  // transform is on its stack (the condition under which it refuses a C++ autograd Function).
+  if (c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerFrontMode)) return true;
+  for (const auto& t : inputs) {
+    if (t.defined() && t._fw_grad(/*level=*/0).defined()) return true;
+  }
+  return false;
+}
+
 at::Tensor quadratic_form_composite(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& S) {
   check_quadratic_args(x, weight, S, "quadratic_form", "S", 3);
   auto pieces = quadratic_pieces(flatten_samples(x), weight, S);
@@ -206,6 +217,7 @@ at::Tensor quadratic_form_meta(const at::Tensor& x, const at::Tensor& weight, co
 }
 
 at::Tensor quadratic_form_autograd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& S) {
+  if (needs_composite_autograd({x, weight, S})) return quadratic_form_composite(x, weight, S);
   check_quadratic_args(x, weight, S, "quadratic_form", "S", 3);
   auto y = QuadraticFormFunction::apply(flatten_samples(x), weight, S);
   return y.view_symint(output_shape(x, S.sym_size(0)));
@@ -222,8 +234,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quadratic_form_forward_composite(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quadratic_form_forward_autograd(const at::Tensor& x,
                                                                                const at::Tensor& weight,
                                                                                const at::Tensor& S) {
-  if (at::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad() || S.requires_grad())) {
-    // Called directly with inputs that need gradients: the composite kernel's ATen ops, recorded
+  if ((at::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad() || S.requires_grad())) ||
+      needs_composite_autograd({x, weight, S})) {
+    // Called directly with inputs that need gradients (or under torch.func): the composite kernel's ATen ops, recorded
     // by autograd (quadratic_form itself calls this op below autograd and has its own backward).
     return quadratic_form_forward_composite(x, weight, S);
   }
@@ -255,7 +268,8 @@ std::tuple<at::Tensor, at::Tensor> quadratic_form_backward_meta(const at::Tensor
 std::tuple<at::Tensor, at::Tensor> quadratic_form_backward_autograd(const at::Tensor& grad, const at::Tensor& h,
                                                                     const at::Tensor& z) {
   const bool differentiable =
-      at::GradMode::is_enabled() && (grad.requires_grad() || h.requires_grad() || z.requires_grad());
+      (at::GradMode::is_enabled() && (grad.requires_grad() || h.requires_grad() || z.requires_grad())) ||
+      needs_composite_autograd({grad, h, z});
   if (differentiable) {
     // Double backward: the composite kernel's ATen ops, so autograd records them.
     return quadratic_form_backward_composite(grad, h, z);

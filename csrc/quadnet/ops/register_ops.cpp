@@ -13,6 +13,9 @@
 // The other ops (the convolutions included: conv2d + quadratic_features) are short compositions:
 // CompositeImplicitAutograd (autograd, devices and tracing come from the ATen ops they call).
 // Every public op has AutocastCPU / AutocastCUDA kernels (autocast.cpp): float32 inside.
+// torch.func: under vmap (FuncTorchBatched) every op decomposes into its ATen composition, whose
+// ops have batching rules (instead of functorch's per-sample loop); under the other transforms
+// and forward-mode AD the Autograd kernels record that composition (needs_composite_autograd).
 #include <torch/library.h>
 
 #include "detail.h"
@@ -82,3 +85,17 @@ TORCH_LIBRARY_IMPL(quadnet, AutocastCPU, m) { QUADNET_REGISTER_AUTOCAST(c10::Dev
 TORCH_LIBRARY_IMPL(quadnet, AutocastCUDA, m) { QUADNET_REGISTER_AUTOCAST(c10::DeviceType::CUDA) }
 #undef QUADNET_REGISTER_AUTOCAST
 
+// vmap: the ATen compositions run on the batched tensors (the argument checks see per-sample shapes).
+TORCH_LIBRARY_IMPL(quadnet, FuncTorchBatched, m) {
+  m.impl("quadratic_form", TORCH_FN(quadnet::ops::quadratic_form_composite));
+  m.impl("_quadratic_form_forward", TORCH_FN(quadnet::ops::quadratic_form_forward_composite));
+  m.impl("_quadratic_form_backward", TORCH_FN(quadnet::ops::quadratic_form_backward_composite));
+  m.impl("quadratic_features", TORCH_FN(quadnet::ops::quadratic_features_composite));
+  m.impl("_quadratic_features_backward", TORCH_FN(quadnet::ops::quadratic_features_backward_composite));
+  m.impl("diagonal_quadratic_form", TORCH_FN(quadnet::ops::diagonal_quadratic_form_composite));
+  m.impl("quadratic_conv2d", TORCH_FN(quadnet::ops::quadratic_conv2d_composite));
+  m.impl("diagonal_quadratic_conv2d", TORCH_FN(quadnet::ops::diagonal_quadratic_conv2d_composite));
+  m.impl("canonical_gradient", TORCH_FN(quadnet::ops::canonical_gradient_composite));
+  m.impl("canonical_form", TORCH_FN(quadnet::ops::canonical_form_composite));
+  m.impl("diagonal_canonical_form", TORCH_FN(quadnet::ops::diagonal_canonical_form_composite));
+}
