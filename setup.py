@@ -3,8 +3,9 @@
     pip install torch==2.13.0                  # first: the extension builds against this torch
     pip install --no-build-isolation -e .      # or `.` for a regular install
 
-The extension compiles the same C++ sources as the CMake library (CMakeLists.txt), with the
-compiler flags of the installed torch (C++20 for torch >= 2.10; quadnet's own code is C++17).
+The extension compiles the same C++ sources as the CMake library (csrc/sources.txt, read by both),
+with the compiler flags of the installed torch (C++20 for torch >= 2.10; quadnet's own code is
+C++17) and CMake's Release optimisation level (-O3).
 The torch it was built with is recorded in quadnet/_build_info.py, so that importing it under
 another torch fails with a message naming both versions instead of a missing linker symbol.
 """
@@ -24,8 +25,9 @@ def cmake_text():
 
 
 def library_sources():
-    """The C++ library's sources, read from CMakeLists.txt so the two builds never drift."""
-    return re.search(r"set\(QUADNET_SOURCES(.*?)\)", cmake_text(), re.S).group(1).split()
+    """The C++ library's sources: csrc/sources.txt, which CMakeLists.txt reads too."""
+    with open(os.path.join(ROOT, "csrc", "sources.txt")) as f:
+        return [line.strip() for line in f if line.strip() and not line.startswith("#")]
 
 
 def version():
@@ -59,7 +61,7 @@ extension = CppExtension(
     name="quadnet._C",
     sources=library_sources() + ["csrc/python/bindings.cpp"],
     include_dirs=[os.path.join(ROOT, "csrc")],
-    extra_compile_args=["-O2"],
+    extra_compile_args=["-O3"],  # as CMake's Release build (Python's own CFLAGS may say -O2)
 )
 
 setup(

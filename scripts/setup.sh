@@ -27,6 +27,10 @@ if ((${#missing[@]})); then
 fi
 
 export PATH="/usr/lib/ccache:$PATH"
+# pip builds the editable install in a temporary directory and later runs build in-place under
+# build/; ccache hashes the working directory of a -g compile by default, so without this every
+# object of the second build would miss and the whole extension would compile twice.
+export CCACHE_NOHASHDIR=true
 PYTHON="$ROOT/.venv/bin/python"
 PIP=("$PYTHON" -m pip --disable-pip-version-check)
 if [ ! -x "$PYTHON" ]; then
@@ -63,6 +67,8 @@ echo "== building the C++ library and tests"
 cmake -S . -B build/cmake -G Ninja -DCMAKE_PREFIX_PATH="$PREFIX_PATH" -DPython3_EXECUTABLE="$PYTHON" \
   > build/cmake-configure.log || { cat build/cmake-configure.log; exit 1; }
 cmake --build build/cmake
+# internal headers that earlier versions installed must not linger in the package
+rm -f build/install/include/quadnet/*/detail.h build/install/include/quadnet/linalg/solvers.h
 cmake --install build/cmake --prefix build/install > /dev/null
 
 echo "== building the C++ example app against the installed package"

@@ -21,6 +21,7 @@ quadnet::optim::GLRAMSGDOptions glram_sgd_options(const py::dict& group) {
       .solver(group["solver"].cast<std::string>())
       .dampening(group["dampening"].cast<double>())
       .nesterov(group["nesterov"].cast<bool>())
+      .maximize(group["maximize"].cast<bool>())
       .projection(group["projection"].cast<std::string>());
 }
 
@@ -78,7 +79,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   // (weight, S, X, G, convolution, create_graph): ProjectedBatch
   using LayerArg = std::tuple<torch::Tensor, torch::Tensor, c10::optional<torch::Tensor>,
                               c10::optional<torch::Tensor>, bool, bool>;
-  optim.def("glram_sgd_updates",
+  // One whole step: every update computed and checked (throws: nothing written), then written
+  // (projected values copied, SGD updates in place); returns (momentum buffers, projections,
+  // needs_batch).
+  optim.def("glram_sgd_step",
             [](const std::vector<GroupArg>& groups, const std::vector<LayerArg>& layers) {
               std::vector<quadnet::optim::StepGroup> step_groups;
               for (const auto& group : groups) {
@@ -94,8 +98,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
               }
               py::gil_scoped_release release;
               auto updates = quadnet::optim::glram_sgd_updates(step_groups, batches);
-              return std::make_tuple(updates.values, updates.momentum_buffers, updates.projections,
-                                     updates.needs_batch);
+              auto buffers = quadnet::optim::apply_step_updates(updates);
+              return std::make_tuple(buffers, updates.projections, updates.needs_batch);
             },
             py::arg("groups"), py::arg("layers"));
   optim.def("end_to_end_direction", &quadnet::optim::end_to_end_direction, py::arg("weight"), py::arg("grad"),

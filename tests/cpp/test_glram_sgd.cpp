@@ -277,3 +277,32 @@ TEST(QuadraticLayerSizes, RankAboveTheInputsIsAValueErrorAtConstruction) {
 }
 
 }  // namespace gradient_passes
+
+namespace conventions {
+
+TEST(GLRAMSGDConventions, MaximizeMinimizesTheNegatedLossAndPlainUpdatesAreInPlace) {
+  std::vector<torch::Tensor> batches;
+  torch::manual_seed(40);
+  for (int i = 0; i < 3; ++i) batches.push_back(torch::randn({8, 6}));
+  std::vector<std::vector<torch::Tensor>> finals;
+  for (bool maximize : {false, true}) {
+    torch::manual_seed(41);
+    torch::nn::Sequential model(QuadraticLayer(6, 3, 2), torch::nn::Linear(3, 2));
+    GLRAMSGD opt(*model, GLRAMSGDOptions(0.05).momentum(0.9).weight_decay(0.01).maximize(maximize));
+    auto linear = model->ptr(1)->as<torch::nn::Linear>();
+    const auto* pointer = linear->weight.data_ptr();
+    for (const auto& x : batches) {
+      opt.zero_grad();
+      auto loss = model->forward(x).square().mean();
+      (maximize ? -loss : loss).backward();
+      opt.step();
+    }
+    EXPECT_EQ(linear->weight.data_ptr(), pointer);  // updated in place, as torch::optim::SGD
+    std::vector<torch::Tensor> values;
+    for (const auto& p : model->parameters()) values.push_back(p.detach().clone());
+    finals.push_back(values);
+  }
+  for (size_t i = 0; i < finals[0].size(); ++i) EXPECT_TRUE(torch::allclose(finals[0][i], finals[1][i], 0, 1e-6));
+}
+
+}  // namespace conventions

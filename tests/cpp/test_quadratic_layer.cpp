@@ -118,4 +118,23 @@ TEST(QuadraticLayer, ToDiagonalHasIdenticalOutputs) {
   auto x = torch::randn({5, 6}, torch::kFloat64);
   EXPECT_TRUE(torch::allclose(diagonal->forward(x), layer->forward(x), 1e-12, 1e-12));
 }
+
+TEST(QuadraticLayer, ToDiagonalKeepsDeviceAndDtype) {
+  // Every available device (torch::nn::Module::to cannot move a CPU module to the meta device,
+  // so on a CPU-only machine only the dtype half of this can fail; Python's test uses meta).
+  std::vector<torch::Device> devices{torch::kCPU};
+  if (torch::cuda::is_available()) devices.emplace_back(torch::kCUDA);
+  for (const auto& device : devices) {
+    quadnet::nn::QuadraticLayer layer(6, 3, 2);
+    layer->to(device, torch::kFloat64);
+    auto diagonal = quadnet::nn::to_diagonal(layer);
+    EXPECT_EQ(diagonal->weight.device(), layer->weight.device()) << device;
+    EXPECT_EQ(diagonal->alpha.scalar_type(), torch::kFloat64) << device;
+    quadnet::nn::QuadraticConv2d conv(quadnet::nn::QuadraticConv2dOptions(2, 3, 3, 2));
+    conv->to(device, torch::kFloat64);
+    auto diagonal_conv = quadnet::nn::to_diagonal(conv);
+    EXPECT_EQ(diagonal_conv->weight.device(), conv->weight.device()) << device;
+    EXPECT_EQ(diagonal_conv->alpha.scalar_type(), torch::kFloat64) << device;
+  }
+}
 }  // namespace

@@ -25,5 +25,9 @@ def quadnet_app():
     return app
 
 
-# Every device these tests run the library on: the CPU, and CUDA where there is one.
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+def pytest_collection_modifyitems(config, items):
+    """Tests parametrised with device="cuda" (quadnet_testing.DEVICES) get the cuda marker."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("device") == "cuda":
+            item.add_marker(pytest.mark.cuda)

@@ -8,7 +8,7 @@ from quadnet.nn import (DeepPolynomialNet, DiagonalQuadraticConv2d, DiagonalQuad
                         QuadraticConv2d, QuadraticLayer)
 from quadnet.optim import GLRAMSGD
 
-from conftest import DEVICES
+from quadnet_testing import DEVICES
 
 # (device, autocast dtype): CPU bfloat16; CUDA float16 where there is one.
 AUTOCAST = [("cpu", torch.bfloat16)] + [("cuda", torch.float16) for d in DEVICES if d == "cuda"]

@@ -134,3 +134,13 @@ def test_cpp_app_rejects_a_non_package(quadnet_app, tmp_path):
     done = subprocess.run([str(quadnet_app), "aoti", str(tmp_path / "model.pt"), str(tmp_path / "x.pt"),
                            str(tmp_path / "y.pt")], capture_output=True, text=True)
     assert done.returncode == 1 and "MODEL must be a .pt2 package" in done.stderr
+
+
+def test_the_installed_package_holds_the_public_headers_only(quadnet_app):
+    """scripts/setup.sh installs build/install (the app above builds against it): quadnet.h and
+    the headers it includes are there, the internals (detail.h, solvers.h) are not."""
+    import pathlib
+    include = pathlib.Path(__file__).resolve().parents[2] / "build" / "install" / "include" / "quadnet"
+    installed = {str(p.relative_to(include)) for p in include.rglob("*.h")}
+    assert {"quadnet.h", "ops/quadratic_form.h", "optim/glram_sgd.h", "linalg/tangent_step.h"} <= installed
+    assert not [name for name in installed if name.endswith(("detail.h", "solvers.h"))], installed

@@ -48,3 +48,13 @@ def test_no_reference_points_outside_the_repository():
         with open(path, encoding="utf-8") as f:
             for number, line in enumerate(f, 1):
                 assert not outside.search(line), f"{os.path.relpath(path, ROOT)}:{number}: {line.strip()}"
+
+
+def test_the_one_source_list_holds_every_library_source():
+    """csrc/sources.txt (read by CMake and setup.py) lists every .cpp of the library, each once."""
+    with open(os.path.join(ROOT, "csrc", "sources.txt")) as f:
+        listed = [line.strip() for line in f if line.strip() and not line.startswith("#")]
+    found = sorted(os.path.relpath(os.path.join(d, name), ROOT)
+                   for d, _, files in os.walk(os.path.join(ROOT, "csrc", "quadnet")) for name in files
+                   if name.endswith(".cpp"))
+    assert sorted(listed) == found and len(set(listed)) == len(listed)

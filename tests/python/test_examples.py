@@ -19,7 +19,7 @@ def test_four_way_comparison_runs_and_reports_every_configuration(tmp_path):
                       "--eval-every", "30", "--out", str(tmp_path))
     results = json.load(open(tmp_path / "results.json"))["results"]["digits"]
     summary = results["summary"]
-    assert len(summary) == 8 and os.path.getsize(tmp_path / "curves.png") > 0
+    assert len(summary) == 10 and os.path.getsize(tmp_path / "curves.png") > 0
     for config, row in summary.items():
         assert row["seeds"] == 2 and 0 <= row["test_accuracy_final"][0] <= 1, config
         assert config in out
@@ -30,11 +30,11 @@ def test_four_way_comparison_runs_and_reports_every_configuration(tmp_path):
 def test_memory_wall_runs_and_measures(tmp_path):
     run_example("memory_wall.py", "--steps", "20", "--eval-every", "10", "--out", str(tmp_path))
     results = json.load(open(tmp_path / "results.json"))
-    assert [r["optimizer"] for r in results["runs"]] == ["GLRAMSGD", "SGD", "Adam"]
+    assert [r["optimizer"] for r in results["runs"]] == ["GLRAMSGD", "GLRAMSGD-full", "SGD", "Adam"]
     assert results["canonical_float64_MB"] > 600
     assert results["dense_projection_peak_extra_MB"] > results["canonical_float64_MB"]
-    glram = results["runs"][0]
-    assert glram["peak_extra_MB_over_run"] < 50  # the factored step never holds the n·d² entries
+    for glram in results["runs"][:2]:  # neither projection ever holds the n·d² entries
+        assert glram["peak_extra_MB_over_run"] < 50, glram["optimizer"]
 
 
 def test_polynomial_convnet_example_runs_exports_and_classifies_in_cpp(tmp_path, quadnet_app):

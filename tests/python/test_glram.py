@@ -7,7 +7,7 @@ import quadnet
 from quadnet.linalg import glram, projected_step
 from quadnet.ops import canonical_form, canonical_gradient
 
-from conftest import DEVICES
+from quadnet_testing import DEVICES
 
 
 def random_model(n, d, r, dtype=torch.float64):

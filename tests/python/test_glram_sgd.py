@@ -11,7 +11,7 @@ from quadnet.nn import QuadraticLayer
 from quadnet.ops import canonical_form, canonical_gradient, quadratic_form
 from quadnet.optim import GLRAMSGD
 
-from conftest import DEVICES
+from quadnet_testing import DEVICES
 
 
 @pytest.mark.parametrize("device", DEVICES)

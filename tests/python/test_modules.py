@@ -6,7 +6,7 @@ import torch.nn.functional as F
 import quadnet
 from quadnet.nn import DiagonalQuadraticLayer, QuadraticLayer
 
-from conftest import DEVICES
+from quadnet_testing import DEVICES
 
 
 def test_parameters_and_init():
@@ -89,3 +89,12 @@ def test_to_diagonal_has_identical_outputs(rank, device):
     assert diagonal.weight.device == layer.weight.device
     x = torch.randn(2, 9, 7, dtype=torch.float64, device=device)
     torch.testing.assert_close(diagonal(x), layer(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES + ["meta"])
+def test_to_diagonal_keeps_device_and_dtype(device):
+    """As the C++ to_diagonal (the meta device stands in for an accelerator where there is none)."""
+    for layer in (quadnet.nn.QuadraticLayer(6, 3, 2), quadnet.nn.QuadraticConv2d(2, 3, 3, rank=2)):
+        layer = layer.to(device=device, dtype=torch.float64)
+        diagonal = quadnet.nn.to_diagonal(layer)
+        assert diagonal.weight.device == layer.weight.device and diagonal.alpha.dtype == torch.float64

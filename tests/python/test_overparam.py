@@ -8,7 +8,7 @@ import quadnet
 from quadnet.nn import OverparamLinear
 from quadnet.optim import EndToEndSGD
 
-from conftest import DEVICES
+from quadnet_testing import DEVICES
 
 
 def reference_direction(W, G, N):

@@ -7,7 +7,7 @@ from torch.autograd import gradcheck
 import quadnet
 from quadnet.nn import DeepPolynomialNet, PolynomialBlock
 
-from conftest import DEVICES
+from quadnet_testing import DEVICES
 
 
 def fit(sizes, ranks, x, target, seeds=3):

@@ -16,7 +16,7 @@ import quadnet
 from quadnet import ops
 from quadnet.linalg import glram, projected_step
 
-from conftest import DEVICES
+from quadnet_testing import DEVICES
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 DTYPES = [torch.float32, torch.float64]

@@ -7,7 +7,7 @@ from torch.library import opcheck
 import quadnet
 from quadnet.nn import DeepPolynomialNet, QuadraticLayer
 
-from conftest import DEVICES
+from quadnet_testing import DEVICES
 
 DTYPES = [torch.float32, torch.float64]
 
@@ -49,6 +49,12 @@ def test_every_registered_op_is_opchecked():
     registered = {name.split("::")[1] for name in torch._C._dispatch_get_all_op_names()
                   if name.startswith("quadnet::")}
     assert registered == set(OP_SAMPLES)
+
+
+def test_every_op_is_tagged_pt2_compliant():
+    """The tag says the ops follow PT2's rules (what opcheck above tests), as torchvision's do."""
+    for name in OP_SAMPLES:
+        assert torch.Tag.pt2_compliant_tag in getattr(torch.ops.quadnet, name).default.tags, name
 
 
 def test_meta_kernels_give_shapes_and_check_arguments():

@@ -13,7 +13,7 @@ import quadnet
 from quadnet.nn import DiagonalQuadraticConv2d, PolynomialConvBlock, QuadraticConv2d
 from quadnet.ops import quadratic_conv2d, quadratic_features
 
-from conftest import DEVICES
+from quadnet_testing import DEVICES
 
 F64 = {"dtype": torch.float64}
 

@@ -7,7 +7,7 @@ from torch.autograd import gradcheck, gradgradcheck
 import quadnet
 from quadnet.ops import quadratic_form
 
-from conftest import DEVICES
+from quadnet_testing import DEVICES
 
 # (batch shape, d, r, n): r=1, n=1, batch dims, 1-D input.
 SHAPES = [((5,), 4, 3, 2), ((6,), 3, 1, 4), ((4,), 5, 2, 1), ((2, 3), 4, 2, 3), ((), 3, 2, 2),

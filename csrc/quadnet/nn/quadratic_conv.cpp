@@ -118,7 +118,7 @@ DiagonalQuadraticConv2d to_diagonal(const QuadraticConv2d& layer) {
   auto o = layer->options;
   const int64_t neurons = o.rank() * (o.rank() + 1) / 2;
   DiagonalQuadraticConv2d diagonal(QuadraticConv2dOptions(o).rank(neurons));
-  diagonal->to(layer->weight.scalar_type());
+  diagonal->to(layer->weight.device(), layer->weight.scalar_type());
   auto params = diagonal_parameters(layer->weight.detach().flatten(1), layer->S.detach());
   torch::NoGradGuard no_grad;
   diagonal->weight.copy_(params.first.view(filter_shape(o, neurons)));

@@ -204,7 +204,7 @@ DiagonalQuadraticLayer to_diagonal(const QuadraticLayer& layer) {
   const int64_t neurons = o.rank() * (o.rank() + 1) / 2;
   DiagonalQuadraticLayer diagonal(
       DiagonalQuadraticLayerOptions(o.in_features(), o.out_features(), neurons).bias(o.bias()));
-  diagonal->to(layer->weight.scalar_type());
+  diagonal->to(layer->weight.device(), layer->weight.scalar_type());
   auto params = diagonal_parameters(layer->weight.detach(), layer->S.detach());
   torch::NoGradGuard no_grad;
   diagonal->weight.copy_(params.first);

@@ -20,24 +20,35 @@
 
 #include "detail.h"
 
+// Every op is pt2_compliant_tag: its kernels (Meta included) follow the PT2 rules opcheck
+// tests (tests/python/test_pt2.py), so torch.compile and torch.export trust it.
+namespace {
+const std::vector<at::Tag> kPt2Compliant{at::Tag::pt2_compliant_tag};
+}  // namespace
+
 TORCH_LIBRARY(quadnet, m) {
-  m.def("quadratic_form(Tensor x, Tensor weight, Tensor S) -> Tensor");
-  m.def("_quadratic_form_forward(Tensor x, Tensor weight, Tensor S) -> (Tensor y, Tensor h, Tensor z)");
-  m.def("_quadratic_form_backward(Tensor grad, Tensor h, Tensor z) -> (Tensor grad_h, Tensor grad_S)");
+  m.def("quadratic_form(Tensor x, Tensor weight, Tensor S) -> Tensor", kPt2Compliant);
+  m.def("_quadratic_form_forward(Tensor x, Tensor weight, Tensor S) -> (Tensor y, Tensor h, Tensor z)",
+        kPt2Compliant);
+  m.def("_quadratic_form_backward(Tensor grad, Tensor h, Tensor z) -> (Tensor grad_h, Tensor grad_S)",
+        kPt2Compliant);
   m.def("diagonal_quadratic_form(Tensor x, Tensor weight, Tensor alpha) -> Tensor",
-        TORCH_FN(quadnet::ops::diagonal_quadratic_form_composite));
-  m.def("quadratic_features(Tensor h, Tensor S) -> Tensor");
-  m.def("_quadratic_features_backward(Tensor grad, Tensor h, Tensor S) -> (Tensor grad_h, Tensor grad_S)");
+        TORCH_FN(quadnet::ops::diagonal_quadratic_form_composite), kPt2Compliant);
+  m.def("quadratic_features(Tensor h, Tensor S) -> Tensor", kPt2Compliant);
+  m.def("_quadratic_features_backward(Tensor grad, Tensor h, Tensor S) -> (Tensor grad_h, Tensor grad_S)",
+        kPt2Compliant);
   m.def("quadratic_conv2d(Tensor x, Tensor weight, Tensor S, int[2] stride=1, int[2] padding=0, int[2] dilation=1) "
         "-> Tensor",
-        TORCH_FN(quadnet::ops::quadratic_conv2d_composite));
+        TORCH_FN(quadnet::ops::quadratic_conv2d_composite), kPt2Compliant);
   m.def("diagonal_quadratic_conv2d(Tensor x, Tensor weight, Tensor alpha, int[2] stride=1, int[2] padding=0, "
         "int[2] dilation=1) -> Tensor",
-        TORCH_FN(quadnet::ops::diagonal_quadratic_conv2d_composite));
-  m.def("canonical_gradient(Tensor X, Tensor G) -> Tensor", TORCH_FN(quadnet::ops::canonical_gradient_composite));
-  m.def("canonical_form(Tensor weight, Tensor S) -> Tensor", TORCH_FN(quadnet::ops::canonical_form_composite));
+        TORCH_FN(quadnet::ops::diagonal_quadratic_conv2d_composite), kPt2Compliant);
+  m.def("canonical_gradient(Tensor X, Tensor G) -> Tensor", TORCH_FN(quadnet::ops::canonical_gradient_composite),
+        kPt2Compliant);
+  m.def("canonical_form(Tensor weight, Tensor S) -> Tensor", TORCH_FN(quadnet::ops::canonical_form_composite),
+        kPt2Compliant);
   m.def("diagonal_canonical_form(Tensor weight, Tensor alpha) -> Tensor",
-        TORCH_FN(quadnet::ops::diagonal_canonical_form_composite));
+        TORCH_FN(quadnet::ops::diagonal_canonical_form_composite), kPt2Compliant);
 }
 
 TORCH_LIBRARY_IMPL(quadnet, CompositeExplicitAutograd, m) {

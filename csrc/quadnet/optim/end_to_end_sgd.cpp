@@ -77,11 +77,14 @@ torch::Tensor end_to_end_update(const torch::Tensor& weight, const torch::Tensor
 void EndToEndSGDOptions::serialize(torch::serialize::OutputArchive& archive) const {
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(lr);
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(depth);
+  _TORCH_OPTIM_SERIALIZE_TORCH_ARG(maximize);
 }
 
 void EndToEndSGDOptions::serialize(torch::serialize::InputArchive& archive) {
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(double, lr);
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(int64_t, depth);
+  c10::IValue value;  // absent from archives written before the option existed
+  if (archive.try_read("maximize", value)) maximize(value.toBool());
 }
 
 EndToEndSGD::EndToEndSGD(std::vector<torch::optim::OptimizerParamGroup> param_groups, EndToEndSGDOptions defaults)
@@ -111,7 +114,7 @@ torch::Tensor EndToEndSGD::step(LossClosure closure) {
     for (auto& p : group.params()) {
       if (!p.grad().defined()) continue;
       const auto depth = p.dim() == 2 ? options.depth() : 1;  // 1-D: a bias, plain SGD
-      commits.emplace_back(p, end_to_end_update(p, p.grad(), options.lr(), depth));
+      commits.emplace_back(p, end_to_end_update(p, options.maximize() ? -p.grad() : p.grad(), options.lr(), depth));
     }
   }
   for (auto& commit : commits) commit.first.copy_(commit.second);

@@ -29,6 +29,7 @@ struct EndToEndSGDOptions : public torch::optim::OptimizerCloneableOptions<EndTo
   TORCH_ARG(double, lr);
   // Depth N of the emulated factorisation; 1 is plain SGD (e.g. for a group of biases).
   TORCH_ARG(int64_t, depth);
+  TORCH_ARG(bool, maximize) = false;  // as torch.optim.SGD: ascend the objective
 
  public:
   void serialize(torch::serialize::InputArchive& archive) override;

@@ -8,7 +8,10 @@
 #include "../utils/symmetric.h"
 #include "detail.h"
 
+#include <ATen/Dispatch.h>
+
 #include <algorithm>
+#include <limits>
 #include <cmath>
 #include <sstream>
 #include <string>
@@ -111,21 +114,92 @@ double captured_gradient_scale(const torch::Tensor& weight, const torch::Tensor&
   return c;
 }
 
-std::pair<torch::Tensor, torch::Tensor> sgd_update(const torch::Tensor& param, const torch::Tensor& grad,
-                                                   const torch::Tensor& momentum_buffer, double lr,
-                                                   double momentum, double dampening, bool nesterov,
-                                                   double weight_decay) {
-  TORCH_CHECK(grad.sizes() == param.sizes(), "sgd_update: grad of shape ", grad.sizes(),
-              " does not match param of shape ", param.sizes());
-  auto d_p = weight_decay == 0 ? grad : grad + param * weight_decay;
-  torch::Tensor buffer;
-  if (momentum != 0) {
-    buffer = momentum_buffer.defined() ? momentum_buffer * momentum + d_p * (1.0 - dampening) : d_p.clone();
-    d_p = nesterov ? d_p + buffer * momentum : buffer;
+namespace {
+
+// Direction d of an SGD update (before the momentum buffer), out of place.
+torch::Tensor sgd_direction(const SGDUpdate& u) {
+  auto d = u.maximize ? -u.grad : u.grad;
+  return u.weight_decay == 0 ? d : d + u.param * u.weight_decay;
+}
+
+// The update's new parameter value, out of place (the inconclusive-bound path of the check).
+torch::Tensor sgd_value(const SGDUpdate& u) {
+  auto d = sgd_direction(u);
+  if (u.momentum != 0) {
+    auto buffer = u.momentum_buffer.defined() ? u.momentum_buffer * u.momentum + d * (1.0 - u.dampening) : d;
+    d = u.nesterov ? d + buffer * u.momentum : buffer;
   }
-  auto updated = param - d_p * lr;
-  check_finite("a parameter", updated);
-  return {updated, buffer};
+  return u.param - d * u.lr;
+}
+
+double largest_finite(c10::ScalarType dtype) {
+  double largest = 0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "largest_finite",
+                                  [&] { largest = static_cast<double>(std::numeric_limits<scalar_t>::max()); });
+  return largest;
+}
+
+}  // namespace
+
+void check_sgd_updates_finite(const std::vector<SGDUpdate>& updates) {
+  if (updates.empty()) return;
+  std::vector<torch::Tensor> maxima;  // per update: max|grad|, max|param|, max|buffer| (0 without)
+  for (const auto& u : updates) {
+    TORCH_CHECK(u.grad.sizes() == u.param.sizes(), "GLRAMSGD: a gradient of shape ", u.grad.sizes(),
+                " does not match its parameter of shape ", u.param.sizes());
+    auto zero = at::zeros({}, u.param.options().dtype(at::kDouble));
+    auto max_abs = [&](const torch::Tensor& t) {
+      return t.defined() && t.numel() > 0 ? t.abs().max().to(at::kDouble) : zero;
+    };
+    maxima.push_back(at::stack({max_abs(u.grad), max_abs(u.param), max_abs(u.momentum_buffer)}).cpu());
+  }
+  const auto all = at::stack(maxima);  // one host read for all the parameters
+  const auto bounds = all.accessor<double, 2>();
+  for (size_t i = 0; i < updates.size(); ++i) {
+    const auto& u = updates[i];
+    const double g = bounds[i][0], p = bounds[i][1], b = bounds[i][2];
+    // |d| ≤ g + wd·p, |b'| ≤ m·b + (1 − dampening)·|d|, |step| ≤ |b'| (+ |d| with nesterov)
+    const double d = g + u.weight_decay * p;
+    double step = d;
+    if (u.momentum != 0) {
+      const double buffer = u.momentum_buffer.defined() ? u.momentum * b + (1.0 - u.dampening) * d : d;
+      step = u.nesterov ? d + u.momentum * buffer : buffer;
+    }
+    const double bound = p + u.lr * step + u.momentum * b + d;  // every value written, with room
+    if (std::isfinite(bound) && bound < 0.5 * largest_finite(u.param.scalar_type())) continue;
+    check_finite("a parameter", sgd_value(u));  // inconclusive (NaN/Inf inputs, or huge values)
+  }
+}
+
+torch::Tensor apply_sgd_update(const SGDUpdate& u) {
+  torch::Tensor d = u.grad;
+  if (u.maximize || u.weight_decay != 0) {
+    d = u.maximize ? -u.grad : u.grad.clone();
+    if (u.weight_decay != 0) d.add_(u.param, u.weight_decay);
+  }
+  torch::Tensor buffer;
+  if (u.momentum != 0) {
+    if (u.momentum_buffer.defined()) {
+      buffer = u.momentum_buffer;
+      buffer.mul_(u.momentum).add_(d, 1.0 - u.dampening);
+    } else {
+      buffer = d.clone();
+    }
+    d = u.nesterov ? d.add(buffer, u.momentum) : buffer;
+  }
+  u.param.add_(d, -u.lr);
+  return buffer;
+}
+
+std::vector<std::pair<torch::Tensor, torch::Tensor>> apply_step_updates(const StepUpdates& updates) {
+  torch::NoGradGuard no_grad;
+  for (const auto& value : updates.values) value.first.copy_(value.second);
+  auto buffers = updates.momentum_buffers;
+  for (const auto& u : updates.sgd_updates) {
+    auto buffer = apply_sgd_update(u);
+    if (buffer.defined()) buffers.emplace_back(u.param, buffer);
+  }
+  return buffers;
 }
 
 void check_options(const GLRAMSGDOptions& options) {
@@ -193,6 +267,7 @@ StepUpdates glram_sgd_updates(const std::vector<StepGroup>& groups, const std::v
       const auto weight = flat_weight(layer.weight);
       const auto& weight_grad = layer.weight.grad();
       const auto& S_grad = layer.S.grad();
+      const double sign = options.maximize() ? -1.0 : 1.0;  // maximize: step along −gradient
       if (!weight_grad.defined() && !S_grad.defined()) {  // no gradient: no step, as for SGD
         updates.needs_batch[l] = needs_batch(options.projection(), layer);
         continue;
@@ -205,7 +280,7 @@ StepUpdates glram_sgd_updates(const std::vector<StepGroup>& groups, const std::v
         const auto& bS = group.momentum_buffers[S_index->second];
         linalg::TangentVector buffer;
         if (bW.defined() && bS.defined()) buffer = {flat_weight(bW), bS};
-        auto result = linalg::tangent_update(weight, layer.S, flat_weight(weight_grad), S_grad, buffer,
+        auto result = linalg::tangent_update(weight, layer.S, flat_weight(weight_grad) * sign, S_grad * sign, buffer,
                                              linalg::TangentUpdateOptions(options.lr())
                                                  .weight_decay(options.weight_decay())
                                                  .momentum(options.momentum())
@@ -248,7 +323,7 @@ StepUpdates glram_sgd_updates(const std::vector<StepGroup>& groups, const std::v
       const auto X = layer.X.to(layer.weight.scalar_type()), G = layer.G.to(layer.weight.scalar_type());
       const double scale = captured_gradient_scale(layer.weight, layer.S, X, G, weight_grad, S_grad,
                                                    layer.create_graph);
-      auto result = quadratic_layer_step(layer.weight, layer.S, X, scale == 1.0 ? G : G * scale,
+      auto result = quadratic_layer_step(layer.weight, layer.S, X, scale * sign == 1.0 ? G : G * (scale * sign),
                                          options.lr(), options.weight_decay(), glram_options);
       updates.needs_batch[l] = needs_batch(options.projection(), {result.weight, result.S});
       updates.values.emplace_back(layer.weight, result.weight);
@@ -258,12 +333,15 @@ StepUpdates glram_sgd_updates(const std::vector<StepGroup>& groups, const std::v
     for (size_t i = 0; i < group.params.size(); ++i) {
       const auto& p = group.params[i];
       if (projected.count(p.unsafeGetTensorImpl()) || !p.grad().defined()) continue;
-      auto update = sgd_update(p, p.grad(), group.momentum_buffers[i], options.lr(), options.momentum(),
-                               options.dampening(), options.nesterov(), options.weight_decay());
-      updates.values.emplace_back(p, update.first);
-      if (update.second.defined()) updates.momentum_buffers.emplace_back(p, update.second);
+      SGDUpdate update;
+      update.param = p, update.grad = p.grad(), update.momentum_buffer = group.momentum_buffers[i];
+      update.lr = options.lr(), update.momentum = options.momentum(), update.dampening = options.dampening();
+      update.weight_decay = options.weight_decay(), update.nesterov = options.nesterov();
+      update.maximize = options.maximize();
+      updates.sgd_updates.push_back(std::move(update));
     }
   }
+  check_sgd_updates_finite(updates.sgd_updates);
   return updates;
 }
 
@@ -277,6 +355,7 @@ void GLRAMSGDOptions::serialize(torch::serialize::OutputArchive& archive) const 
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(projection);
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(dampening);
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(nesterov);
+  _TORCH_OPTIM_SERIALIZE_TORCH_ARG(maximize);
 }
 
 void GLRAMSGDOptions::serialize(torch::serialize::InputArchive& archive) {
@@ -292,6 +371,7 @@ void GLRAMSGDOptions::serialize(torch::serialize::InputArchive& archive) {
   if (archive.try_read("projection", value)) projection(value.toStringRef());
   if (archive.try_read("dampening", value)) dampening(value.toDouble());
   if (archive.try_read("nesterov", value)) nesterov(value.toBool());
+  if (archive.try_read("maximize", value)) maximize(value.toBool());
 }
 
 void GLRAMSGDParamState::serialize(torch::serialize::OutputArchive& archive) const {
@@ -386,8 +466,7 @@ torch::Tensor GLRAMSGD::step(LossClosure closure) {
     }
   }
   auto updates = glram_sgd_updates(groups, batches);  // throws before anything is written
-  for (auto& value : updates.values) value.first.copy_(value.second);
-  for (auto& entry : updates.momentum_buffers) {
+  for (auto& entry : apply_step_updates(updates)) {
     auto state = std::make_unique<GLRAMSGDParamState>();
     state->momentum_buffer(entry.second);
     state_[state_key<StateKey>(entry.first)] = std::move(state);

@@ -50,14 +50,26 @@ double gradient_rtol(c10::ScalarType dtype);
 double captured_gradient_scale(const torch::Tensor& weight, const torch::Tensor& S, const torch::Tensor& X,
                                const torch::Tensor& G, const torch::Tensor& weight_grad, const torch::Tensor& S_grad);
 
-// torch.optim.SGD's rule: d = grad + weight_decay·param; with momentum, b = d at first, then
-// b ← momentum·b + (1 − dampening)·d, and d = b (or d + momentum·b with nesterov). Returns
-// (new param, new momentum buffer; undefined when momentum is 0). Pure. Throws if the new param is
-// not finite.
-std::pair<torch::Tensor, torch::Tensor> sgd_update(const torch::Tensor& param, const torch::Tensor& grad,
-                                                   const torch::Tensor& momentum_buffer, double lr,
-                                                   double momentum, double dampening, bool nesterov,
-                                                   double weight_decay);
+// One plain parameter's torch.optim.SGD update, applied in place by apply_sgd_update:
+// g = −grad with maximize, else grad; d = g + weight_decay·param; with momentum, b = d at first,
+// then b ← momentum·b + (1 − dampening)·d, and d = b (or d + momentum·b with nesterov);
+// param ← param − lr·d.
+struct SGDUpdate {
+  torch::Tensor param, grad, momentum_buffer;  // momentum_buffer undefined: none yet
+  double lr = 0, momentum = 0, dampening = 0, weight_decay = 0;
+  bool nesterov = false, maximize = false;
+};
+
+// Throws (naming the parameter's shape; nothing is written) unless every value the updates
+// would write is finite. A bound from three max-abs reductions per parameter and one host read
+// for all of them proves it; only where the bound is inconclusive (values near the dtype's
+// largest) is the update computed out of place and checked.
+void check_sgd_updates_finite(const std::vector<SGDUpdate>& updates);
+
+// Applies the update in place (param and momentum buffer, as torch.optim.SGD's single-tensor
+// rule); returns the momentum buffer (a new tensor on the first step with momentum, undefined
+// without momentum). Call under NoGradGuard for parameters that require grad.
+torch::Tensor apply_sgd_update(const SGDUpdate& update);
 
 // ---- the options ----
 
@@ -69,6 +81,7 @@ struct GLRAMSGDOptions : public torch::optim::OptimizerCloneableOptions<GLRAMSGD
   TORCH_ARG(double, momentum) = 0;
   TORCH_ARG(double, dampening) = 0;     // as torch.optim.SGD
   TORCH_ARG(bool, nesterov) = false;    // as torch.optim.SGD (momentum > 0, dampening 0)
+  TORCH_ARG(bool, maximize) = false;    // as torch.optim.SGD: ascend the objective (every parameter)
   TORCH_ARG(double, weight_decay) = 0;  // all parameters (canonical for quadratic layers)
   TORCH_ARG(double, tol) = 1e-6;        // GLRAM stopping tolerance
   TORCH_ARG(int64_t, max_iter) = 100;   // GLRAM iterations per step
@@ -118,23 +131,30 @@ struct StepGroup {
 };
 
 struct StepUpdates {
-  std::vector<std::pair<torch::Tensor, torch::Tensor>> values;            // (parameter, new value)
-  std::vector<std::pair<torch::Tensor, torch::Tensor>> momentum_buffers;  // (parameter, new buffer)
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> values;            // projected: (parameter, new value)
+  std::vector<std::pair<torch::Tensor, torch::Tensor>> momentum_buffers;  // projected: (parameter, new buffer)
+  std::vector<SGDUpdate> sgd_updates;  // every other parameter with a gradient, checked finite
   std::vector<linalg::GLRAMResult> projections;  // one per layer stepped, in group order
   // Per layer (in the order given): whether its next step needs a captured batch — projection
   // "full", or a layer the tangent step does not apply to (tangent_step_unavailable).
   std::vector<bool> needs_batch;
 };
 
+// Writes a step's updates: the projected layers' new values (copy_), the SGD updates in place;
+// returns every new momentum buffer (projected and plain) as (parameter, buffer). Never throws
+// for updates glram_sgd_updates returned.
+std::vector<std::pair<torch::Tensor, torch::Tensor>> apply_step_updates(const StepUpdates& updates);
+
 // Every update of one GLRAMSGD step, none written. Per group, for each layer whose weight is in
 // the group and whose parameters have gradients: with projection "tangent" and a layer on the
 // rank-r model, linalg::tangent_update from the gradients (momentum buffers of weight and S: the
 // tangent buffer's dW and dS); otherwise the full projected step of its captured batch (G scaled
 // by captured_gradient_scale; weight_decay on A; with "full", a layer that captured nothing is
-// skipped when its gradients are zero and refused otherwise). SGD (momentum, weight decay) for every other parameter with a gradient. Throws — so
-// nothing is written — on a layer split across groups, gradients that do not match the captures,
-// a layer that needs a batch it did not capture (or a convolution off the model), or a
-// non-finite update.
+// skipped when its gradients are zero and refused otherwise); with maximize, along the negated
+// gradient. An SGDUpdate (momentum, weight decay, maximize) for every other parameter with a
+// gradient, checked by check_sgd_updates_finite. Throws — so nothing is written — on a layer
+// split across groups, gradients that do not match the captures, a layer that needs a batch it
+// did not capture (or a convolution off the model), or a non-finite update.
 StepUpdates glram_sgd_updates(const std::vector<StepGroup>& groups, const std::vector<ProjectedBatch>& layers);
 
 // ---- the C++ optimizer ----

@@ -1,6 +1,6 @@
 """EndToEndSGD: the closed-form dynamics of a depth-N linear network on an ordinary weight
 (docs/end_to_end.rst)."""
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Optional, Union
 
 import torch
 from torch.optim import Optimizer
@@ -29,18 +29,24 @@ class EndToEndSGD(Optimizer):
 
     Args:
         params: iterable of parameters or param-group dicts (as for ``torch.optim.SGD``).
-        lr: learning rate.
+        lr: learning rate (a float, or a one-element tensor as in ``torch.optim``).
         depth: depth ``N`` of the emulated factorisation (default 2; per group; ``1`` for plain SGD).
+        maximize: ascend the objective instead (default ``False``).
     """
 
-    def __init__(self, params: Iterable, lr: float, depth: int = 2):
-        defaults = dict(lr=lr, depth=depth)
+    def __init__(self, params: Iterable, lr: Union[float, torch.Tensor], depth: int = 2, *, maximize: bool = False):
+        defaults = dict(lr=lr, depth=depth, maximize=maximize)
         super().__init__(params, defaults)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        for group in self.param_groups:  # state dicts saved before the option existed
+            group.setdefault("maximize", False)
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        if not group["lr"] >= 0:
+        if not float(group["lr"]) >= 0:
             raise ValueError(f"EndToEndSGD: lr must be >= 0, got {group['lr']}")
         if not isinstance(group["depth"], int) or group["depth"] < 1:
             raise ValueError(f"EndToEndSGD: depth must be an int >= 1, got {group['depth']}")
@@ -61,7 +67,8 @@ class EndToEndSGD(Optimizer):
                 if p.grad is None:
                     continue
                 depth = group["depth"] if p.dim() == 2 else 1
-                commits.append((p, _C.optim.end_to_end_update(p, p.grad, group["lr"], depth)))
+                grad = -p.grad if group["maximize"] else p.grad
+                commits.append((p, _C.optim.end_to_end_update(p, grad, float(group["lr"]), depth)))
         for p, value in commits:  # every update computed and finite: commit
             p.copy_(value)
         return loss

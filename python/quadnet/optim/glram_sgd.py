@@ -90,16 +90,24 @@ class GLRAMSGD(Optimizer):
         solver: GLRAM solver, ``"rayleigh_ritz"`` (default) or ``"exact"``
             (:func:`quadnet.linalg.glram`).
         projection: ``"tangent"`` (default) or ``"full"``, as above.
+        maximize: ascend the objective instead (default ``False``; every parameter, projected
+            layers included).
+
+    ``lr`` may be a one-element tensor, as in ``torch.optim`` (it is read as a float at each
+    step). Plain parameters and their momentum buffers are updated in place, as by
+    ``torch.optim.SGD``'s single-tensor rule, after every update of the step has been checked.
+    Not supported: ``foreach``, ``fused``, ``differentiable``, ``capturable`` (the projection is
+    not a ``torch.optim`` kernel).
     """
 
-    def __init__(self, params: Union[torch.nn.Module, Iterable], lr: float, *, momentum: float = 0.0,
-                 dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
+    def __init__(self, params: Union[torch.nn.Module, Iterable], lr: Union[float, torch.Tensor], *,
+                 momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
                  tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER, solver: str = DEFAULT_SOLVER,
-                 projection: str = DEFAULT_PROJECTION):
+                 projection: str = DEFAULT_PROJECTION, maximize: bool = False):
         if isinstance(params, torch.nn.Module):
             params = params.parameters()
-        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov,
-                        weight_decay=weight_decay, tol=tol, max_iter=max_iter, solver=solver, projection=projection)
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay,
+                        tol=tol, max_iter=max_iter, solver=solver, projection=projection, maximize=maximize)
         _check_options(defaults)
         self._layers: list = []
         self._capturing: dict = {}  # id(layer) -> weakref, for the layers this optimizer has capture on
@@ -213,12 +221,11 @@ class GLRAMSGD(Optimizer):
             batches.append((layer.weight, layer.S, X, G, False, layer.captured_with_create_graph()))
         def momentum_buffer_of(p):
             return self.state[p].get("momentum_buffer") if p in self.state else None  # no empty state entries
-        groups = [(group["params"], [momentum_buffer_of(p) for p in group["params"]], group)
+        groups = [(group["params"], [momentum_buffer_of(p) for p in group["params"]], _as_floats(group))
                   for group in self.param_groups]
-        # The updates are computed (and checked) in C++, the same function as quadnet::optim::GLRAMSGD::step.
-        values, buffers, projections, needs_batch = _C.optim.glram_sgd_updates(groups, batches)
-        for target, value in values:
-            target.copy_(value)
+        # Computed, checked and written in C++ (quadnet::optim::glram_sgd_updates, apply_step_updates:
+        # as GLRAMSGD::step); a refused step raises before anything is written.
+        buffers, projections, needs_batch = _C.optim.glram_sgd_step(groups, batches)
         for p, buffer in buffers:
             self.state[p]["momentum_buffer"] = buffer
         for layer, needs in zip(self._layers, needs_batch):
@@ -236,6 +243,7 @@ def _set_new_option_defaults(group: dict) -> None:
     group.setdefault("projection", DEFAULT_PROJECTION)
     group.setdefault("dampening", 0.0)
     group.setdefault("nesterov", False)
+    group.setdefault("maximize", False)
 
 
 def _refuse_full_convolutions(groups) -> None:
@@ -253,7 +261,18 @@ def _refuse_full_convolutions(groups) -> None:
 
 
 def _check_options(group: dict) -> None:
-    _C.optim.check_options(group)  # ValueError (c10::ValueError), naming the option
+    _C.optim.check_options(_as_floats(group))  # ValueError (c10::ValueError), naming the option
+
+
+def _as_floats(group: dict) -> dict:
+    """The group with a tensor ``lr`` (torch.optim accepts one, e.g. for schedulers that update it
+    in place) read as a float: the C++ options hold doubles (one host read on CUDA)."""
+    lr = group["lr"]
+    if not isinstance(lr, torch.Tensor):
+        return group
+    if lr.numel() != 1:
+        raise ValueError(f"GLRAMSGD: a tensor lr must have one element, got shape {tuple(lr.shape)}")
+    return {**group, "lr": float(lr)}
 
 
 def _release_capture(capturing: dict) -> None:
