@@ -13,7 +13,8 @@ scikit-learn's digits (both offline):
   baseline), from the usual random init;
 - QuadraticLayer rank 25 with GLRAMSGD, from W = S = 0 (the original code's init: a saddle where
   every gradient of W and S vanishes, so only a projected step can leave it) and from the random
-  init.
+  init; with its default tangent-space step and with projection="full" (the original algorithm:
+  the batch's canonical step, then GLRAM), same seeds and batches.
 
 Every configuration gets a learning-rate grid (SGD and GLRAMSGD include the original 0.1), picked
 by validation accuracy (a split of the training set) averaged over the seeds; the test accuracy
@@ -45,12 +46,15 @@ CONFIGS = {
     "symmetric r=25, SGD": ("symmetric", 25, "SGD", "random"),
     "symmetric r=25, GLRAMSGD, W=0": ("symmetric", 25, "GLRAMSGD", "zero"),
     "symmetric r=25, GLRAMSGD": ("symmetric", 25, "GLRAMSGD", "random"),
+    "symmetric r=25, GLRAMSGD full, W=0": ("symmetric", 25, "GLRAMSGD-full", "zero"),
+    "symmetric r=25, GLRAMSGD full": ("symmetric", 25, "GLRAMSGD-full", "random"),
     "diagonal r=25, Adam": ("diagonal", 25, "Adam", "random"),
     "diagonal r=325, Adam": ("diagonal", 325, "Adam", "random"),
     "symmetric r=25, Adam": ("symmetric", 25, "Adam", "random"),
 }
 GRID = {"SGD": [0.01, 0.03, 0.1, 0.3, 1.0], "GLRAMSGD": [3e-4, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0],
         "Adam": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1]}
+GRID["GLRAMSGD-full"] = GRID["GLRAMSGD"]
 EARLY_STEP = 50  # the "first steps" column
 
 
@@ -83,7 +87,7 @@ def make_optimizer(name, model, lr):
         return torch.optim.SGD(model.parameters(), lr=lr)
     if name == "Adam":
         return torch.optim.Adam(model.parameters(), lr=lr)
-    return quadnet.optim.GLRAMSGD(model, lr=lr)
+    return quadnet.optim.GLRAMSGD(model, lr=lr, projection="full" if name == "GLRAMSGD-full" else "tangent")
 
 
 def accuracy(model, x, y):
