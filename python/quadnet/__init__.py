@@ -27,6 +27,9 @@ def _load_extension():
 
 
 _C = _load_extension()  # registers torch.ops.quadnet.*
+from . import _decompositions  # noqa: E402
+
+_decompositions.register()  # ATen decompositions for torch.onnx.export
 from . import linalg, nn, ops, optim, serialize
 from .nn import collapse, overparameterize
 from .serialize import load_exported, load_state_dict, save_state_dict
