@@ -30,8 +30,24 @@ def library_sources():
         return [line.strip() for line in f if line.strip() and not line.startswith("#")]
 
 
+def torch_release():
+    """(major, minor) of the torch this build compiles against."""
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return major, minor
+
+
 def version():
-    return re.search(r"project\(quadnet VERSION ([0-9.]+)", cmake_text()).group(1)
+    """CMakeLists.txt's version with a local tag naming the torch and accelerator built against
+    (as pytorch_scatter's wheels: 0.1.0+pt213cpu, 0.1.0+pt213cu130): the extension's ABI is that
+    torch's."""
+    base = re.search(r"project\(quadnet VERSION ([0-9.]+)", cmake_text()).group(1)
+    accelerator = "cu" + torch.version.cuda.replace(".", "") if torch.version.cuda else "cpu"
+    return f"{base}+pt{''.join(torch_release())}{accelerator}"
+
+
+def install_requires():
+    """The torch release built against (any patch version: the ABI is the minor release's)."""
+    return [f"torch=={'.'.join(torch_release())}.*"]
 
 
 def check_torch_headers():
@@ -48,6 +64,7 @@ def write_build_info():
     with open(os.path.join(ROOT, "python", "quadnet", "_build_info.py"), "w") as f:
         f.write('"""Written by setup.py when quadnet._C is built: the torch it was built against."""\n')
         f.write(f"TORCH_VERSION = {torch.__version__!r}\n")
+        f.write(f"VERSION = {version()!r}\n")
 
 
 class BuildExtensionRecordingTorch(BuildExtension):
@@ -67,6 +84,7 @@ extension = CppExtension(
 setup(
     name="quadnet",
     version=version(),
+    install_requires=install_requires(),
     package_dir={"": "python"},
     packages=find_packages("python"),
     ext_modules=[extension],

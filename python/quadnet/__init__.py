@@ -27,6 +27,10 @@ def _load_extension():
 
 
 _C = _load_extension()  # registers torch.ops.quadnet.*
+try:
+    from ._build_info import VERSION as __version__  # e.g. 0.1.0+pt213cpu (setup.py)
+except ImportError:  # built by other means, or before the version was recorded
+    __version__ = "unknown"
 from . import _decompositions  # noqa: E402
 
 _decompositions.register()  # ATen decompositions for torch.onnx.export
