@@ -66,7 +66,32 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   linalg.def("tangent_step_unavailable", &quadnet::linalg::tangent_step_unavailable, py::arg("weight"),
              py::arg("S"), py::call_guard<py::gil_scoped_release>());
 
+  // The one definition of every default (C++), read by the Python signatures.
+  const quadnet::linalg::GLRAMOptions glram_defaults;
+  py::dict linalg_defaults;
+  linalg_defaults["tol"] = glram_defaults.tol();
+  linalg_defaults["max_iter"] = glram_defaults.max_iter();
+  linalg_defaults["solver"] = glram_defaults.solver();
+  linalg.attr("DEFAULTS") = linalg_defaults;
+
   auto optim = m.def_submodule("optim", "optimizer update rules");
+  const quadnet::optim::GLRAMSGDOptions sgd_defaults;
+  py::dict glram_sgd_defaults;
+  glram_sgd_defaults["momentum"] = sgd_defaults.momentum();
+  glram_sgd_defaults["dampening"] = sgd_defaults.dampening();
+  glram_sgd_defaults["nesterov"] = sgd_defaults.nesterov();
+  glram_sgd_defaults["weight_decay"] = sgd_defaults.weight_decay();
+  glram_sgd_defaults["tol"] = sgd_defaults.tol();
+  glram_sgd_defaults["max_iter"] = sgd_defaults.max_iter();
+  glram_sgd_defaults["solver"] = sgd_defaults.solver();
+  glram_sgd_defaults["projection"] = sgd_defaults.projection();
+  glram_sgd_defaults["maximize"] = sgd_defaults.maximize();
+  optim.attr("GLRAMSGD_DEFAULTS") = glram_sgd_defaults;
+  const quadnet::optim::EndToEndSGDOptions end_to_end_defaults(/*lr=*/0);
+  py::dict end_to_end_sgd_defaults;
+  end_to_end_sgd_defaults["depth"] = end_to_end_defaults.depth();
+  end_to_end_sgd_defaults["maximize"] = end_to_end_defaults.maximize();
+  optim.attr("END_TO_END_SGD_DEFAULTS") = end_to_end_sgd_defaults;
   optim.def("needs_batch",
             [](const std::string& projection, const torch::Tensor& weight, const torch::Tensor& S, bool convolution) {
               return quadnet::optim::needs_batch(projection, {weight, S, {}, {}, convolution});

@@ -432,3 +432,23 @@ def test_end_to_end_sgd_maximize_and_tensor_lr():
         runs.append(model)
     for a, b in zip(runs[0].parameters(), runs[1].parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+def test_python_defaults_are_the_cpp_ones():
+    """Every option default is defined once, in C++ (GLRAMOptions, GLRAMSGDOptions,
+    EndToEndSGDOptions), and the Python signatures read it from the extension."""
+    import inspect
+
+    from quadnet import _C, linalg
+    cpp_sgd, cpp_glram, cpp_e2e = _C.optim.GLRAMSGD_DEFAULTS, _C.linalg.DEFAULTS, _C.optim.END_TO_END_SGD_DEFAULTS
+    assert cpp_glram == {"tol": 1e-6, "max_iter": 100, "solver": "rayleigh_ritz"}
+    assert cpp_sgd["projection"] == "tangent" and all(cpp_sgd[k] == v for k, v in cpp_glram.items())
+    signature = inspect.signature(GLRAMSGD.__init__).parameters
+    for name, value in cpp_sgd.items():
+        assert signature[name].default == value, name
+    for fn in (linalg.glram, linalg.projected_step, linalg.tangent_step):
+        parameters = inspect.signature(fn).parameters
+        for name, value in cpp_glram.items():
+            assert parameters[name].default == value, (fn.__name__, name)
+    parameters = inspect.signature(EndToEndSGD.__init__).parameters
+    assert {k: parameters[k].default for k in cpp_e2e} == cpp_e2e

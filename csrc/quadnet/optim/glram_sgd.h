@@ -83,9 +83,10 @@ struct GLRAMSGDOptions : public torch::optim::OptimizerCloneableOptions<GLRAMSGD
   TORCH_ARG(bool, nesterov) = false;    // as torch.optim.SGD (momentum > 0, dampening 0)
   TORCH_ARG(bool, maximize) = false;    // as torch.optim.SGD: ascend the objective (every parameter)
   TORCH_ARG(double, weight_decay) = 0;  // all parameters (canonical for quadratic layers)
-  TORCH_ARG(double, tol) = 1e-6;        // GLRAM stopping tolerance
-  TORCH_ARG(int64_t, max_iter) = 100;   // GLRAM iterations per step
-  TORCH_ARG(std::string, solver) = "rayleigh_ritz";  // GLRAM solver (linalg::GLRAMOptions)
+  // The GLRAM options, with linalg::GLRAMOptions' defaults (their one definition).
+  TORCH_ARG(double, tol) = linalg::GLRAMOptions().tol();            // stopping tolerance
+  TORCH_ARG(int64_t, max_iter) = linalg::GLRAMOptions().max_iter();  // iterations per step
+  TORCH_ARG(std::string, solver) = linalg::GLRAMOptions().solver();  // "rayleigh_ritz" or "exact"
   // How a quadratic layer is projected (docs/glram.rst): "tangent" (default), the tangent-space
   // step from the layer's gradients (linalg::tangent_update; QuadraticLayer and QuadraticConv2d);
   // "full", the projected step of the captured batch (linalg::projected_step; QuadraticLayer only).

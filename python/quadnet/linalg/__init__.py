@@ -11,10 +11,10 @@ from .. import _C
 
 __all__ = ["GLRAMResult", "glram", "projected_step", "tangent_step", "tangent_step_unavailable"]
 
-#: Defaults shared with C++ ``quadnet::linalg::GLRAMOptions``.
-DEFAULT_TOL = 1e-6
-DEFAULT_MAX_ITER = 100
-DEFAULT_SOLVER = "rayleigh_ritz"
+#: Defaults of C++ ``quadnet::linalg::GLRAMOptions`` (their one definition), read from the extension.
+DEFAULT_TOL: float = _C.linalg.DEFAULTS["tol"]
+DEFAULT_MAX_ITER: int = _C.linalg.DEFAULTS["max_iter"]
+DEFAULT_SOLVER: str = _C.linalg.DEFAULTS["solver"]
 
 
 class GLRAMResult(NamedTuple):

@@ -9,6 +9,9 @@ from .. import _C
 
 __all__ = ["EndToEndSGD"]
 
+# The defaults of C++ quadnet::optim::EndToEndSGDOptions (their one definition).
+_DEFAULTS = _C.optim.END_TO_END_SGD_DEFAULTS
+
 
 class EndToEndSGD(Optimizer):
     r"""Gradient descent as a depth-``N`` overparameterization would do it, without the factors.
@@ -34,7 +37,8 @@ class EndToEndSGD(Optimizer):
         maximize: ascend the objective instead (default ``False``).
     """
 
-    def __init__(self, params: Iterable, lr: Union[float, torch.Tensor], depth: int = 2, *, maximize: bool = False):
+    def __init__(self, params: Iterable, lr: Union[float, torch.Tensor], depth: int = _DEFAULTS["depth"], *,
+                 maximize: bool = _DEFAULTS["maximize"]):
         defaults = dict(lr=lr, depth=depth, maximize=maximize)
         super().__init__(params, defaults)
 

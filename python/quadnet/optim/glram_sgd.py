@@ -7,7 +7,7 @@ import torch.distributed as dist
 from torch.optim import Optimizer
 
 from .. import _C
-from ..linalg import DEFAULT_MAX_ITER, DEFAULT_SOLVER, DEFAULT_TOL, GLRAMResult
+from ..linalg import GLRAMResult
 from ..nn._registry import layers_of
 from ..nn.conv import _CONVS, QuadraticConv2d, quadratic_conv_of
 from ..nn.quadratic import _LAYERS as _DENSE
@@ -16,7 +16,10 @@ from ..nn.quadratic import QuadraticLayer
 __all__ = ["GLRAMSGD"]
 
 
-DEFAULT_PROJECTION = "tangent"
+# The defaults of C++ quadnet::optim::GLRAMSGDOptions (their one definition; tol, max_iter and
+# solver are linalg::GLRAMOptions'), read from the extension.
+_DEFAULTS = _C.optim.GLRAMSGD_DEFAULTS
+DEFAULT_PROJECTION: str = _DEFAULTS["projection"]
 
 
 class GLRAMSGD(Optimizer):
@@ -101,9 +104,11 @@ class GLRAMSGD(Optimizer):
     """
 
     def __init__(self, params: Union[torch.nn.Module, Iterable], lr: Union[float, torch.Tensor], *,
-                 momentum: float = 0.0, dampening: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0,
-                 tol: float = DEFAULT_TOL, max_iter: int = DEFAULT_MAX_ITER, solver: str = DEFAULT_SOLVER,
-                 projection: str = DEFAULT_PROJECTION, maximize: bool = False):
+                 momentum: float = _DEFAULTS["momentum"], dampening: float = _DEFAULTS["dampening"],
+                 nesterov: bool = _DEFAULTS["nesterov"], weight_decay: float = _DEFAULTS["weight_decay"],
+                 tol: float = _DEFAULTS["tol"], max_iter: int = _DEFAULTS["max_iter"],
+                 solver: str = _DEFAULTS["solver"], projection: str = DEFAULT_PROJECTION,
+                 maximize: bool = _DEFAULTS["maximize"]):
         if isinstance(params, torch.nn.Module):
             params = params.parameters()
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay,
@@ -239,11 +244,8 @@ class GLRAMSGD(Optimizer):
 
 def _set_new_option_defaults(group: dict) -> None:
     """Options added after the first release: absent from older state dicts, which keep the defaults."""
-    group.setdefault("solver", DEFAULT_SOLVER)
-    group.setdefault("projection", DEFAULT_PROJECTION)
-    group.setdefault("dampening", 0.0)
-    group.setdefault("nesterov", False)
-    group.setdefault("maximize", False)
+    for key in ("solver", "projection", "dampening", "nesterov", "maximize"):
+        group.setdefault(key, _DEFAULTS[key])
 
 
 def _refuse_full_convolutions(groups) -> None:
