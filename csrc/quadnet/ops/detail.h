@@ -26,6 +26,12 @@ c10::TypedOperatorHandle<Signature> typed_op(const char* name) {
 // (torch.autograd.forward_ad: the node has no forward derivative).
 bool needs_composite_autograd(std::initializer_list<at::Tensor> inputs);
 
+// The pattern of the helper ops' Autograd kernels (_quadratic_form_forward, the _backward ops):
+// record the ATen composition when called with inputs that need gradients under grad mode
+// (double backward, direct calls) or when needs_composite_autograd; otherwise redispatch below
+// autograd (quadratic_form's own node has called them and owns the backward).
+bool records_composition(std::initializer_list<at::Tensor> inputs);
+
 at::Tensor quadratic_form_composite(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& S);
 at::Tensor quadratic_form_meta(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& S);
 at::Tensor quadratic_form_autograd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& S);

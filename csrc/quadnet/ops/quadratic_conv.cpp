@@ -340,8 +340,7 @@ std::tuple<at::Tensor, at::Tensor> quadratic_features_backward_meta(const at::Te
 
 std::tuple<at::Tensor, at::Tensor> quadratic_features_backward_autograd(const at::Tensor& grad, const at::Tensor& h,
                                                                         const at::Tensor& S) {
-  if ((at::GradMode::is_enabled() && (grad.requires_grad() || h.requires_grad() || S.requires_grad())) ||
-      needs_composite_autograd({grad, h, S})) {
+  if (records_composition({grad, h, S})) {
     // Double backward (or torch.func): the composite kernel's ATen ops, recorded by autograd.
     return quadratic_features_backward_composite(grad, h, S);
   }

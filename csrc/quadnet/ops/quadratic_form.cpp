@@ -205,6 +205,15 @@ bool needs_composite_autograd(std::initializer_list<at::Tensor> inputs) {
   return false;
 }
 
+bool records_composition(std::initializer_list<at::Tensor> inputs) {
+  if (at::GradMode::is_enabled()) {
+    for (const auto& t : inputs) {
+      if (t.defined() && t.requires_grad()) return true;
+    }
+  }
+  return needs_composite_autograd(inputs);
+}
+
 at::Tensor quadratic_form_composite(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& S) {
   check_quadratic_args(x, weight, S, "quadratic_form", "S", 3);
   auto pieces = quadratic_pieces(flatten_samples(x), weight, S);
@@ -234,8 +243,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> quadratic_form_forward_composite(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> quadratic_form_forward_autograd(const at::Tensor& x,
                                                                                const at::Tensor& weight,
                                                                                const at::Tensor& S) {
-  if ((at::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad() || S.requires_grad())) ||
-      needs_composite_autograd({x, weight, S})) {
+  if (records_composition({x, weight, S})) {
     // Called directly with inputs that need gradients (or under torch.func): the composite kernel's ATen ops, recorded
     // by autograd (quadratic_form itself calls this op below autograd and has its own backward).
     return quadratic_form_forward_composite(x, weight, S);
@@ -267,10 +275,7 @@ std::tuple<at::Tensor, at::Tensor> quadratic_form_backward_meta(const at::Tensor
 
 std::tuple<at::Tensor, at::Tensor> quadratic_form_backward_autograd(const at::Tensor& grad, const at::Tensor& h,
                                                                     const at::Tensor& z) {
-  const bool differentiable =
-      (at::GradMode::is_enabled() && (grad.requires_grad() || h.requires_grad() || z.requires_grad())) ||
-      needs_composite_autograd({grad, h, z});
-  if (differentiable) {
+  if (records_composition({grad, h, z})) {
     // Double backward: the composite kernel's ATen ops, so autograd records them.
     return quadratic_form_backward_composite(grad, h, z);
   }

@@ -15,7 +15,6 @@
 #include <cmath>
 #include <sstream>
 #include <string>
-#include <type_traits>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -26,17 +25,8 @@ namespace {
 
 void check_finite(const char* what, const torch::Tensor& t) { detail::check_finite_update("GLRAMSGD", what, t); }
 
-// torch::optim's state key: a string in LibTorch 1.x, the TensorImpl pointer in 2.x.
-template <typename Key>
-std::enable_if_t<std::is_same<Key, std::string>::value, Key> state_key(const torch::Tensor& p) {
-  std::ostringstream stream;
-  stream << p.unsafeGetTensorImpl();
-  return stream.str();
-}
-template <typename Key>
-std::enable_if_t<std::is_pointer<Key>::value, Key> state_key(const torch::Tensor& p) {
-  return p.unsafeGetTensorImpl();
-}
+// torch::optim's per-parameter state key (LibTorch 2.x: the TensorImpl).
+void* state_key(const torch::Tensor& p) { return p.unsafeGetTensorImpl(); }
 
 }  // namespace
 
@@ -444,12 +434,11 @@ torch::Tensor GLRAMSGD::step(LossClosure closure) {
     at::AutoGradMode enable_grad(true);
     loss = closure();
   }
-  using StateKey = std::decay_t<decltype(state_)>::key_type;
   std::vector<StepGroup> groups;
   for (auto& group : param_groups_) {
     StepGroup step_group{group.params(), {}, static_cast<const GLRAMSGDOptions&>(group.options())};
     for (const auto& p : group.params()) {
-      auto found = state_.find(state_key<StateKey>(p));
+      auto found = state_.find(state_key(p));
       step_group.momentum_buffers.push_back(
           found == state_.end() ? torch::Tensor() : static_cast<GLRAMSGDParamState&>(*found->second).momentum_buffer());
     }
@@ -469,7 +458,7 @@ torch::Tensor GLRAMSGD::step(LossClosure closure) {
   for (auto& entry : apply_step_updates(updates)) {
     auto state = std::make_unique<GLRAMSGDParamState>();
     state->momentum_buffer(entry.second);
-    state_[state_key<StateKey>(entry.first)] = std::move(state);
+    state_[state_key(entry.first)] = std::move(state);
   }
   for (size_t l = 0; l < layers_.size(); ++l) {
     if (layers_[l].dense) layers_[l].dense->drop_captured();
