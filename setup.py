@@ -12,9 +12,17 @@ another torch fails with a message naming both versions instead of a missing lin
 import os
 import re
 
-import torch
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension, include_paths
+
+try:
+    import torch
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, include_paths
+except ImportError as error:  # e.g. pip install without torch, or with build isolation
+    raise RuntimeError(
+        f"quadnet: building needs torch installed first ({error}). The extension compiles against the "
+        "torch it will run with: pip install torch==2.13.0 (the CPU wheel, or the build you use), then "
+        "pip install --no-build-isolation quadnet (a checkout, an sdist or a wheel build), so that pip does "
+        "not build against a torch of its own in an isolated environment.") from None
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -36,17 +44,28 @@ def torch_release():
     return major, minor
 
 
+def building_sdist():
+    """An sdist is source, for any torch: plain version, no torch pin (a build from it adds both)."""
+    import sys
+    return "sdist" in sys.argv
+
+
 def version():
     """CMakeLists.txt's version with a local tag naming the torch and accelerator built against
     (as pytorch_scatter's wheels: 0.1.0+pt213cpu, 0.1.0+pt213cu130): the extension's ABI is that
-    torch's."""
+    torch's. An sdist has the plain version."""
     base = re.search(r"project\(quadnet VERSION ([0-9.]+)", cmake_text()).group(1)
+    if building_sdist():
+        return base
     accelerator = "cu" + torch.version.cuda.replace(".", "") if torch.version.cuda else "cpu"
     return f"{base}+pt{''.join(torch_release())}{accelerator}"
 
 
 def install_requires():
-    """The torch release built against (any patch version: the ABI is the minor release's)."""
+    """The torch release built against (any patch version: the ABI is the minor release's); for an
+    sdist, the oldest torch the code supports (the build then pins the one it compiles against)."""
+    if building_sdist():
+        return ["torch>=2.6"]
     return [f"torch=={'.'.join(torch_release())}.*"]
 
 
@@ -72,6 +91,12 @@ class BuildExtensionRecordingTorch(BuildExtension):
         check_torch_headers()
         write_build_info()
         super().run()
+
+
+# Recorded before any command runs, so that build_py (which copies the package before build_ext
+# compiles) puts it into wheels built from an sdist too; an sdist itself holds none.
+if not building_sdist():
+    write_build_info()
 
 
 extension = CppExtension(

@@ -5,7 +5,10 @@
 #      (Requires-Dist: torch==2.13.*);
 #   2. installed, without an index, into a separate venv that holds only that torch (build/wheel/venv,
 #      kept between runs; the wheel is reinstalled every time);
-#   3. used from outside the source tree: import, forward, backward, a GLRAMSGD step, export.
+#   3. used from outside the source tree: import, forward, backward, a GLRAMSGD step, export;
+#   4. the sdist (setup.py sdist: plain version, torch>=2.6): installed into the same venv with
+#      pip install --no-build-isolation (compiled there against its torch), the smoke test again;
+#      and refused with the fix named in a venv without torch.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -38,32 +41,51 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch" 2>/dev/
   python3 -m venv "$VENV"
   "$VENV/bin/python" -m pip install --disable-pip-version-check -q "torch==$TORCH" 2>&1 | grep -v "^WARNING: Location" || true
 fi
+# what a --no-build-isolation build from the sdist needs besides torch (pinned as in requirements.txt)
+BUILD_TOOLS=($(grep -E "^(setuptools|wheel)==" requirements.txt))
+"$VENV/bin/python" -m pip install --disable-pip-version-check -q "${BUILD_TOOLS[@]}" 2>&1 | grep -v "^WARNING: Location" || true
 echo "== installing the wheel there (no index: the torch requirement must be met by what is installed)"
 "$VENV/bin/python" -m pip uninstall --disable-pip-version-check -q -y quadnet 2>/dev/null || true
 "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-index "$WHEEL"
 "$VENV/bin/python" -m pip check --disable-pip-version-check
-echo "== smoke test outside the source tree"
-cd "$(mktemp -d)"
-"$VENV/bin/python" - "$ROOT" <<'PY'
-import os, sys
-import torch
-import quadnet
-root = sys.argv[1]
-source = os.path.join(root, "python") + os.sep
-assert not os.path.abspath(quadnet.__file__).startswith(source), quadnet.__file__  # the installed package
-torch.manual_seed(0)
-model = torch.nn.Sequential(quadnet.nn.QuadraticLayer(8, 4, rank=3), torch.nn.Linear(4, 2))
-opt = quadnet.optim.GLRAMSGD(model, lr=0.05, momentum=0.9)
-x = torch.randn(16, 8)
-loss = model(x).pow(2).mean()
-loss.backward()
-opt.step()
-W = model[0].weight
-torch.testing.assert_close(W @ W.T, torch.eye(3), rtol=0, atol=1e-5)
-program = torch.export.export(model.eval(), (x,))
-assert any("quadnet.quadratic_form" in str(n.target) for n in program.graph.nodes)
-torch.testing.assert_close(program.module()(x), model(x))
-assert "+pt" in quadnet.__version__, quadnet.__version__  # the wheel's version, torch tag included
-print(f"   quadnet {quadnet.__version__} from {os.path.dirname(quadnet.__file__)}: "
-      f"forward, backward, GLRAMSGD step, export OK (loss {loss.item():.4f})")
+smoke_test() {
+  (cd "$(mktemp -d)" && "$VENV/bin/python" "$ROOT/scripts/wheel_smoke_test.py" "$ROOT" 2>&1 | grep -v "NumPy\|_conversion_method")
+}
+echo "== smoke test of the wheel, outside the source tree"
+smoke_test
+
+echo "== the sdist"
+rm -rf "$OUT/sdist"
+"$DEV" setup.py -q sdist -d "$OUT/sdist" > "$OUT/sdist.log" 2>&1 || { cat "$OUT/sdist.log"; exit 1; }
+SDIST="$(ls "$OUT"/sdist/quadnet-*.tar.gz)"
+echo "   $(basename "$SDIST")"
+"$DEV" - "$SDIST" <<'PY'
+import sys, tarfile
+with tarfile.open(sys.argv[1]) as t:
+    names = t.getnames()
+    info = t.extractfile(next(n for n in names if n.endswith("/PKG-INFO"))).read().decode()
+assert any(n.endswith("/csrc/sources.txt") for n in names) and any(n.endswith("/CMakeLists.txt") for n in names)
+version = next(line for line in info.splitlines() if line.startswith("Version:"))
+assert "+" not in version, version  # source for any torch
+assert "Requires-Dist: torch>=2.6" in info, info
+print(f"   {version}, Requires-Dist: torch>=2.6")
 PY
+echo "== installing the sdist into the venv with torch (compiles the extension there)"
+# pip unpacks the sdist under /tmp: relative paths let ccache reuse the previous run's objects
+(cd /tmp && CCACHE_BASEDIR=/tmp "$VENV/bin/python" -m pip install --disable-pip-version-check -q --no-deps \
+  --no-build-isolation --no-index --force-reinstall "$SDIST" > "$OUT/sdist-install.log" 2>&1) \
+  || { tail -30 "$OUT/sdist-install.log"; exit 1; }
+echo "== smoke test of the sdist's build"
+smoke_test
+echo "== the sdist in a venv without torch: refused, naming the fix"
+EMPTY="$OUT/venv-without-torch"
+if [ ! -x "$EMPTY/bin/python" ]; then
+  python3 -m venv "$EMPTY"
+  "$EMPTY/bin/python" -m pip install --disable-pip-version-check -q "${BUILD_TOOLS[@]}" 2>&1 | grep -v "^WARNING: Location" || true
+fi
+if "$EMPTY/bin/python" -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation --no-index \
+    "$SDIST" > "$OUT/refused.log" 2>&1; then
+  echo "the sdist built without torch"; exit 1
+fi
+grep -q "quadnet: building needs torch installed first" "$OUT/refused.log" || { cat "$OUT/refused.log"; exit 1; }
+echo "   $(grep -o "quadnet: building needs torch installed first[^.]*" "$OUT/refused.log" | head -1)"
