@@ -29,8 +29,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "python"))
 sys.path.insert(0, os.path.join(HERE, "..", "examples"))
-import quadnet  # noqa: E402
 from common import median_time, save_rows  # noqa: E402
+
+import quadnet  # noqa: E402
 
 # (label, batch, in_channels, size, out_channels, rank), each projection timed on its whole batch:
 # a slice small enough for B² ≤ n·d² would take projected_step's factored route instead.

@@ -18,8 +18,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
-import quadnet  # noqa: E402
 from common import save_rows  # noqa: E402
+
+import quadnet  # noqa: E402
 
 SIZES = [(442, 10, 1), (128, 512, 512)]
 # name -> (depth of the model's factorisation, optimizer (params, lr=...))

@@ -16,9 +16,9 @@ import torch
 from torch.func import functional_call, grad, vmap
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
-import quadnet  # noqa: E402
-
 from common import median_time, save_rows  # noqa: E402
+
+import quadnet  # noqa: E402
 
 
 class CompositionBlock(torch.nn.Module):

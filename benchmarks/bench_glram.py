@@ -38,8 +38,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
-import quadnet  # noqa: E402
 from common import median_time, save_rows  # noqa: E402
+
+import quadnet  # noqa: E402
 from quadnet.linalg import glram, projected_step, tangent_step  # noqa: E402
 from quadnet.ops import canonical_form, canonical_gradient  # noqa: E402
 
@@ -260,8 +261,8 @@ def main():
         rows.append(row)
         print(f"(B,d,r,n)={shape}  k={k}   layer forward+backward {t_fb * 1e3:.3f} ms")
         for name in variants:
-            extra = (f"  dense/this {row['dense_over'][name]:6.1f}x   this/fwd+bwd {row['over_forward_backward'][name]:5.1f}x"
-                     if name != "dense" else "")
+            extra = (f"  dense/this {row['dense_over'][name]:6.1f}x   "
+                     f"this/fwd+bwd {row['over_forward_backward'][name]:5.1f}x" if name != "dense" else "")
             print(f"  {name:13s} {t[name] * 1e3:9.2f} ms  iterations {res[name].iterations:3d}  objective "
                   f"{row['objective'][name]:.6g}  peak extra {mem[name] / 2**20:7.1f} MB{extra}")
         print(f"  tangent       {t_tangent * 1e3:9.2f} ms  (gradients only)   this/fwd+bwd {t_tangent / t_fb:5.2f}x")
@@ -272,7 +273,8 @@ def main():
                   f"{tr['seconds'] * 1e3:.2f} ms, iterations median {tr['iterations']} max {tr['max_iterations']}, "
                   f"step / fwd+bwd {tr['step_over_forward_backward']:.1f}x, loss {tr['loss_first']:.4g} -> "
                   f"{tr['loss_last']:.4g}, objective vs exact at most {tr['max_objective_excess']:+.1e}")
-        print(f"  floor of the exact route: d×k Gram {low['gram'] * 1e3:.2f} ms + one k×k eigh {low['eigh'] * 1e3:.2f} ms "
+        print(f"  floor of the exact route: d×k Gram {low['gram'] * 1e3:.2f} ms "
+              f"+ one k×k eigh {low['eigh'] * 1e3:.2f} ms "
               f"= {(low['gram'] + low['eigh']) / t_fb:.1f}x fwd+bwd")
     print("whole training steps (Fashion-MNIST, batch 128):")
     steps = optimizer_steps()

@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
-import quadnet  # noqa: E402
 from common import save_rows, time_fwd_bwd  # noqa: E402
+
+import quadnet  # noqa: E402
 
 # (batch, in_channels, height, width, out_channels, rank): the example size, and the two
 # layers of the Fashion-MNIST polynomial convnet (examples/polynomial_convnet_fashion_mnist.py).

@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
-import quadnet  # noqa: E402
 from common import save_rows, time_fwd_bwd  # noqa: E402
+
+import quadnet  # noqa: E402
 
 SHAPES = [(64, 64, 8, 8), (256, 784, 32, 10), (1024, 256, 64, 64), (512, 900, 16, 100)]
 

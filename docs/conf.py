@@ -24,7 +24,8 @@ napoleon_numpy_docstring = False
 nitpicky = True
 nitpick_ignore_regex = [(r"py:.*", r"(torch|typing|collections|weakref)(\..*)?"),
                         (r"py:.*", r"(Tensor|Module|Optimizer|Parameter|Sequential|Linear|NamedTuple)"),
-                        (r"py:.*", r"(int|float|bool|str|dict|list|tuple|None|Callable|Iterable|Optional|Union|Sequence)"),
+                        (r"py:.*", r"(int|float|bool|str|dict|list|tuple|None)"),
+                        (r"py:.*", r"(Callable|Iterable|Optional|Union|Sequence)"),
                         (r"py:.*", r"(optional|callable)"),
                         # private bases (the conv layers' shared geometry) are not documented
                         (r"py:class", r"quadnet(\.\w+)*\._\w+")]
@@ -39,7 +40,6 @@ html_static_path = []
 # test command). Overrides of torch.nn.Module / torch.optim.Optimizer methods (forward, step,
 # extra_repr, ...) keep the base class's contract and are not listed; data attributes are
 # described in their class's "Attributes" section.
-import inspect  # noqa: E402
 
 import torch  # noqa: E402
 from sphinx.util import logging as sphinx_logging  # noqa: E402

@@ -1,6 +1,7 @@
 """The original quadratic-layer experiment, reproduced: four ways to fit a 10-class classifier.
 
-    .venv/bin/python examples/four_way_comparison.py [--steps 300] [--seeds 3] [--datasets fmnist digits] [--out results/four_way]
+    .venv/bin/python examples/four_way_comparison.py [--steps 300] [--seeds 3] [--datasets fmnist digits] \
+        [--out results/four_way]
 
 Gissin ("Over-Parameterization and Optimization III: From Quadratic to Deep Polynomials") compares,
 on MNIST with batch 128 and lr 0.1, the squared-activation model with 25 hidden units and with
@@ -37,6 +38,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "python"))
 import fashion_mnist  # noqa: E402
+
 import quadnet  # noqa: E402
 
 # name -> (model, optimizer, init)
@@ -216,8 +218,10 @@ def main():
                 done = [r for r in runs if r["config"] == config and r["lr"] == lr]
                 val = statistics.mean(r["history"]["val_accuracy"][-1] for r in done)
                 bar = "#" * (i + 1) + "." * (len(lrs) - i - 1)
-                flag = f"  ({sum(1 for r in done if r['diverged'])} diverged)" if any(r["diverged"] for r in done) else ""
-                print(f"\r  {config:32s} [{bar}] lr {lr:<6g} val acc {val:.3f}{flag}", end="" if i < len(lrs) - 1 else "\n",
+                diverged = sum(1 for r in done if r["diverged"])
+                flag = f"  ({diverged} diverged)" if diverged else ""
+                print(f"\r  {config:32s} [{bar}] lr {lr:<6g} val acc {val:.3f}{flag}",
+                      end="" if i < len(lrs) - 1 else "\n",
                       flush=True)
         results[dataset] = {"runs": runs, "summary": summarize(runs)}
         print(f"  {'configuration':32s} {'lr':>6s}  test acc @{EARLY_STEP:<4d}  test acc @{args.steps:<5d} ms/step")

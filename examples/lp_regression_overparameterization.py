@@ -140,7 +140,8 @@ def main():
             print(f"  {method:16s} done", flush=True)
         floor = min(min(r["losses"]) for r in runs.values())
         results[p] = {}
-        print(f"  best loss {floor:.8f}; steps after which the gap (loss − best) stays below a fraction of its initial value:")
+        print(f"  best loss {floor:.8f}; steps after which the gap (loss − best) stays below a fraction of its "
+              "initial value:")
         print(f"  {'method':16s} {'lr':>6s} {'1e-2':>6s} {'1e-4':>6s} {'1e-6':>6s}  final gap   ms/step")
         for method in METHODS:
             candidates = [r for (m, _), r in runs.items() if m == method]

@@ -33,6 +33,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "python"))
 import fashion_mnist  # noqa: E402
+
 import quadnet  # noqa: E402
 
 D, N, RANK, BATCH = 900, 100, 10, 128

@@ -1,6 +1,7 @@
 """A deep polynomial convnet (no ReLU anywhere) against a ReLU CNN of the same size, on Fashion-MNIST.
 
-    .venv/bin/python examples/polynomial_convnet_fashion_mnist.py [--epochs 10] [--search-epochs 2] [--out results/polynomial_convnet_fmnist]
+    .venv/bin/python examples/polynomial_convnet_fashion_mnist.py [--epochs 10] [--search-epochs 2] \
+        [--out results/polynomial_convnet_fmnist]
 
 Models, both fed standardised 28×28 pixels:
 
@@ -32,9 +33,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "python"))
 import fashion_mnist  # noqa: E402
-import quadnet  # noqa: E402
 from fashion_mnist import Pixels  # noqa: E402
 from train_deep_polynomial_fashion_mnist import check_in_cpp, export_aoti  # noqa: E402
+
+import quadnet  # noqa: E402
 
 TARGET_ACCURACY = 0.915
 

@@ -1,6 +1,7 @@
 """The main demo: a deep polynomial network (no ReLU anywhere) on Fashion-MNIST.
 
-    .venv/bin/python examples/train_deep_polynomial_fashion_mnist.py [--epochs-scale 1.0] [--out results/deep_polynomial_fmnist]
+    .venv/bin/python examples/train_deep_polynomial_fashion_mnist.py [--epochs-scale 1.0] \
+        [--out results/deep_polynomial_fmnist]
 
 Model: standardised pixels -> DeepPolynomialNet([784, 128, 10], ranks=[32, 16], norm=True), a
 polynomial of degree 4 in the pixels (batch norm between the blocks is an affine map at test
@@ -34,6 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "python"))
 import fashion_mnist  # noqa: E402
+
 import quadnet  # noqa: E402
 
 SIZES, RANKS = [784, 128, 10], [32, 16]

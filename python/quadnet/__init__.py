@@ -31,12 +31,19 @@ try:
     from ._build_info import VERSION as __version__  # e.g. 0.1.0+pt213cpu (setup.py)
 except ImportError:  # built by other means, or before the version was recorded
     __version__ = "unknown"
-from . import _decompositions  # noqa: E402
+# The submodules need the ops registered first (they call torch.ops.quadnet.*).
+from . import (  # noqa: E402
+    _decompositions,  # noqa: E402
+    linalg,
+    nn,
+    ops,
+    optim,
+    serialize,
+)
+from .nn import collapse, overparameterize  # noqa: E402
+from .serialize import load_exported, load_state_dict, save_state_dict  # noqa: E402
 
 _decompositions.register()  # ATen decompositions for torch.onnx.export
-from . import linalg, nn, ops, optim, serialize
-from .nn import collapse, overparameterize
-from .serialize import load_exported, load_state_dict, save_state_dict
 
 __all__ = ["linalg", "nn", "ops", "optim", "serialize", "save_state_dict", "load_state_dict", "load_exported",
            "overparameterize", "collapse"]

@@ -2,13 +2,18 @@
 policy), so modules mix with autocast's reduced-precision layers in forward and backward."""
 import pytest
 import torch
+from quadnet_testing import DEVICES
 
 import quadnet
-from quadnet.nn import (DeepPolynomialNet, DiagonalQuadraticConv2d, DiagonalQuadraticLayer, PolynomialConvBlock,
-                        QuadraticConv2d, QuadraticLayer)
+from quadnet.nn import (
+    DeepPolynomialNet,
+    DiagonalQuadraticConv2d,
+    DiagonalQuadraticLayer,
+    PolynomialConvBlock,
+    QuadraticConv2d,
+    QuadraticLayer,
+)
 from quadnet.optim import GLRAMSGD
-
-from quadnet_testing import DEVICES
 
 # (device, autocast dtype): CPU bfloat16; CUDA float16 where there is one.
 AUTOCAST = [("cpu", torch.bfloat16)] + [("cuda", torch.float16) for d in DEVICES if d == "cuda"]

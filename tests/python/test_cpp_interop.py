@@ -81,6 +81,7 @@ def test_convolutional_state_dicts_load_into_cpp_modules(quadnet_app, tmp_path):
 
 def write_idx_gz(path, array):
     import gzip
+
     import numpy as np
     array = np.ascontiguousarray(array, dtype=np.uint8)
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)

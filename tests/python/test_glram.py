@@ -2,12 +2,11 @@
 import numpy as np
 import pytest
 import torch
+from quadnet_testing import DEVICES
 
 import quadnet
 from quadnet.linalg import glram, projected_step
 from quadnet.ops import canonical_form, canonical_gradient
-
-from quadnet_testing import DEVICES
 
 
 def random_model(n, d, r, dtype=torch.float64):
@@ -67,7 +66,7 @@ def test_lower_bound_and_shared_subspace_equality():
     r = 4
     res = glram(A, r, tol=1e-12)
     lam = np.linalg.eigvalsh(A.numpy())
-    per_matrix_best = sum(np.sum(np.sort(l ** 2)[:-r]) for l in lam)  # each A_i's own rank-r error
+    per_matrix_best = sum(np.sum(np.sort(eig ** 2)[:-r]) for eig in lam)  # each A_i's own rank-r error
     assert error(A, res) >= per_matrix_best - 1e-9
     # A_i sharing one r-dim subspace (plus full-rank noise in it): GLRAM attains the bound.
     Q = torch.linalg.qr(torch.randn(15, r, dtype=torch.float64))[0]
@@ -195,14 +194,21 @@ def test_projected_step_on_exact_gradient_direction_reduces_loss():
     assert loss(res.weight, res.S) < loss(weight, S)
 
 
+def _with_entry(A, index, value):
+    """A copy of A with one entry set (NaN or Inf)."""
+    A = A.clone()
+    A[index] = value
+    return A
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda A: glram(A, 0), r"rank must be in \[1, 6\]"),
     (lambda A: glram(A, 7), r"rank must be in \[1, 6\]"),
     (lambda A: glram(A[:, :, :5], 2), r"expected A of shape \(n, d, d\)"),
     (lambda A: glram(A[0], 2), r"expected A of shape \(n, d, d\)"),
     (lambda A: glram(A + torch.triu(torch.ones(6, 6), 1), 2), r"A must be symmetric"),
-    (lambda A: glram(A.index_put((torch.tensor([0]), torch.tensor([1]), torch.tensor([1])), torch.tensor(float("nan"), dtype=torch.float64)), 2), r"A contains NaN or Inf"),
-    (lambda A: glram(A.index_put((torch.tensor([2]), torch.tensor([3]), torch.tensor([3])), torch.tensor(-float("inf"), dtype=torch.float64)), 2), r"A contains NaN or Inf"),
+    (lambda A: glram(_with_entry(A, (0, 1, 1), float("nan")), 2), r"A contains NaN or Inf"),
+    (lambda A: glram(_with_entry(A, (2, 3, 3), -float("inf")), 2), r"A contains NaN or Inf"),
     (lambda A: glram(A, 2, init=torch.full((2, 6), float("inf"), dtype=torch.float64)), r"init contains NaN or Inf"),
     (lambda A: glram(A, 2, init=torch.randn(3, 6, dtype=torch.float64)), r"expected init of shape \(rank=2, d=6\)"),
     (lambda A: glram(A, 2, tol=-1.0), r"tol must be"),

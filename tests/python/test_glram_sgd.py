@@ -5,13 +5,12 @@ import pickle
 import pytest
 import torch
 import torch.nn.functional as F
+from quadnet_testing import DEVICES
 
 from quadnet.linalg import glram
 from quadnet.nn import QuadraticLayer
 from quadnet.ops import canonical_form, canonical_gradient, quadratic_form
 from quadnet.optim import GLRAMSGD
-
-from quadnet_testing import DEVICES
 
 
 @pytest.mark.parametrize("device", DEVICES)

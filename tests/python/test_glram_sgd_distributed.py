@@ -20,7 +20,8 @@ def make_model():
 
 def data():
     g = torch.Generator().manual_seed(1)
-    return torch.randn(STEPS, 2 * BATCH, 10, generator=g, dtype=torch.float64), torch.randint(0, 3, (STEPS, 2 * BATCH), generator=g)
+    x = torch.randn(STEPS, 2 * BATCH, 10, generator=g, dtype=torch.float64)
+    return x, torch.randint(0, 3, (STEPS, 2 * BATCH), generator=g)
 
 
 def train(model, forward, xs, ys):

@@ -217,7 +217,8 @@ def test_another_optimizers_state_dict_is_a_value_error_that_changes_nothing(oth
         opt.load_state_dict(foreign)
     after = opt.state_dict()
     assert after["param_groups"] == state["param_groups"]
-    assert all(torch.equal(after["state"][k]["momentum_buffer"], v["momentum_buffer"]) for k, v in state["state"].items())
+    for key, value in state["state"].items():
+        assert torch.equal(after["state"][key]["momentum_buffer"], value["momentum_buffer"])
 
 
 def test_a_state_dict_with_an_invalid_option_is_refused_before_loading():
@@ -321,7 +322,8 @@ def test_an_edit_in_half_precision_is_still_caught():
     (lambda: QuadraticLayer(6, 3, rank=2.5), TypeError, "QuadraticLayer: rank must be an int, got 2.5"),
     (lambda: QuadraticLayer(6.0, 3, rank=2), TypeError, "QuadraticLayer: in_features must be an int"),
     (lambda: QuadraticLayer(6, 3, rank=0), ValueError, "must be positive"),
-    (lambda: QuadraticLayer(2, 3, rank=4), ValueError, r"QuadraticLayer: rank must be at most in_features \(2\), got rank=4"),
+    (lambda: QuadraticLayer(2, 3, rank=4), ValueError,
+     r"QuadraticLayer: rank must be at most in_features \(2\), got rank=4"),
     (lambda: DiagonalQuadraticLayer(6, 3, rank="2"), TypeError, "DiagonalQuadraticLayer: rank must be an int"),
     (lambda: QuadraticConv2d(2, 3, 3, rank=1.5), TypeError, "QuadraticConv2d: rank must be an int"),
     (lambda: QuadraticConv2d(1, 3, 2, rank=5), ValueError, r"rank must be at most the patch size .*\(4\), got rank=5"),

@@ -2,11 +2,10 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from quadnet_testing import DEVICES
 
 import quadnet
 from quadnet.nn import DiagonalQuadraticLayer, QuadraticLayer
-
-from quadnet_testing import DEVICES
 
 
 def test_parameters_and_init():

@@ -3,12 +3,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from quadnet_testing import DEVICES
 
 import quadnet
 from quadnet.nn import OverparamLinear
 from quadnet.optim import EndToEndSGD
-
-from quadnet_testing import DEVICES
 
 
 def reference_direction(W, G, N):

@@ -2,12 +2,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from quadnet_testing import DEVICES
 from torch.autograd import gradcheck
 
 import quadnet
 from quadnet.nn import DeepPolynomialNet, PolynomialBlock
-
-from quadnet_testing import DEVICES
 
 
 def fit(sizes, ranks, x, target, seeds=3):

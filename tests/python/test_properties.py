@@ -11,12 +11,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from quadnet_testing import DEVICES
 
 import quadnet
 from quadnet import ops
 from quadnet.linalg import glram, projected_step
-
-from quadnet_testing import DEVICES
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 DTYPES = [torch.float32, torch.float64]

@@ -2,12 +2,10 @@
 AOT dispatch with dynamic shapes), torch.compile(fullgraph=True) against eager, torch.export."""
 import pytest
 import torch
+from quadnet_testing import DEVICES
 from torch.library import opcheck
 
-import quadnet
 from quadnet.nn import DeepPolynomialNet, QuadraticLayer
-
-from quadnet_testing import DEVICES
 
 DTYPES = [torch.float32, torch.float64]
 
@@ -117,8 +115,8 @@ def test_compiled_graph_calls_the_ops(fresh_dynamo):
     seen = []
 
     def backend(gm, example_inputs):
-        from torch._functorch.aot_autograd import aot_module_simplified
         from functorch.compile import make_boxed_func
+        from torch._functorch.aot_autograd import aot_module_simplified
 
         def record(graph_module, _):
             seen.extend(str(n.target) for n in graph_module.graph.nodes if n.op == "call_function")

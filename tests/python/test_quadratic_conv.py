@@ -7,13 +7,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from quadnet_testing import DEVICES
 from torch.autograd import gradcheck, gradgradcheck
 
 import quadnet
 from quadnet.nn import DiagonalQuadraticConv2d, PolynomialConvBlock, QuadraticConv2d
 from quadnet.ops import quadratic_conv2d, quadratic_features
-
-from quadnet_testing import DEVICES
 
 F64 = {"dtype": torch.float64}
 
@@ -31,7 +30,8 @@ def unfold_reference(x, weight, S, stride=1, padding=0, dilation=1):
     W = weight.flatten(1)
     A = W.t() @ sym(S) @ W
     y = torch.einsum("ndl,ide,nel->nil", patches, A, patches)
-    h_out = (xb.shape[2] + 2 * _pair(padding)[0] - _pair(dilation)[0] * (weight.shape[2] - 1) - 1) // _pair(stride)[0] + 1
+    span = _pair(dilation)[0] * (weight.shape[2] - 1) + 1
+    h_out = (xb.shape[2] + 2 * _pair(padding)[0] - span) // _pair(stride)[0] + 1
     y = y.reshape(xb.shape[0], S.shape[0], h_out, -1)
     return y if batched else y[0]
 
@@ -42,8 +42,9 @@ def _pair(v):
 
 # (x shape, rank, out_channels, kernel, stride, padding, dilation): unbatched input, rank 1,
 # one output, rectangular kernels and geometry.
-CONV_CASES = [((2, 3, 7, 6), 4, 5, 3, 1, 1, 1), ((1, 2, 6, 6), 1, 3, 2, 1, 0, 1), ((2, 1, 5, 7), 3, 1, (1, 3), 2, (0, 1), 1),
-              ((3, 6, 5), 2, 2, 3, (2, 1), 1, 2), ((2, 2, 8, 8), 3, 4, 3, 2, 2, (2, 1))]
+CONV_CASES = [((2, 3, 7, 6), 4, 5, 3, 1, 1, 1), ((1, 2, 6, 6), 1, 3, 2, 1, 0, 1),
+              ((2, 1, 5, 7), 3, 1, (1, 3), 2, (0, 1), 1), ((3, 6, 5), 2, 2, 3, (2, 1), 1, 2),
+              ((2, 2, 8, 8), 3, 4, 3, 2, 2, (2, 1))]
 
 
 def conv_inputs(shape, rank, out, kernel, device="cpu", dtype=torch.float64, requires_grad=True):
@@ -59,7 +60,8 @@ def test_conv_matches_unfold_reference(case, device):
     x, weight, S = conv_inputs(shape, rank, out, kernel, device, requires_grad=False)
     y = quadratic_conv2d(x, weight, S, stride, padding, dilation)
     ref = unfold_reference(x, weight, S, stride, padding, dilation)
-    assert y.shape == ref.shape == F.conv2d(x, weight, None, stride, padding, dilation).shape[:-3] + (out,) + ref.shape[-2:]
+    conv_shape = F.conv2d(x, weight, None, stride, padding, dilation).shape
+    assert y.shape == ref.shape == conv_shape[:-3] + (out,) + ref.shape[-2:]
     torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
 
 
@@ -196,7 +198,8 @@ def test_features_bad_input_names_the_argument(args, message):
 
 
 def test_backward_op_checks_its_arguments():
-    with pytest.raises(RuntimeError, match=r"_quadratic_features_backward: expected grad of shape \(batch=5, out_features=4\)"):
+    expected = r"_quadratic_features_backward: expected grad of shape \(batch=5, out_features=4\)"
+    with pytest.raises(RuntimeError, match=expected):
         torch.ops.quadnet._quadratic_features_backward(torch.randn(5, 3), torch.randn(5, 2), torch.randn(4, 2, 2))
 
 
@@ -274,7 +277,8 @@ def test_polynomial_conv_block():
     block.eval()
     q, s = block.quadratic, block.skip
     stats = block.norm
-    z = (q(x) + F.conv2d(x, s.weight) - stats.running_mean.view(-1, 1, 1)) / (stats.running_var.view(-1, 1, 1) + stats.eps).sqrt()
+    scale = (stats.running_var.view(-1, 1, 1) + stats.eps).sqrt()
+    z = (q(x) + F.conv2d(x, s.weight) - stats.running_mean.view(-1, 1, 1)) / scale
     torch.testing.assert_close(block(x), F.avg_pool2d(z, 2))
     assert block.num_parameters() == q.num_parameters() + 18 and block.degree == 2
     plain = PolynomialConvBlock(3, 6, 3, rank=4, skip=False)  # no skip: any padding

@@ -2,12 +2,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from quadnet_testing import DEVICES
 from torch.autograd import gradcheck, gradgradcheck
 
 import quadnet
 from quadnet.ops import quadratic_form
-
-from quadnet_testing import DEVICES
 
 # (batch shape, d, r, n): r=1, n=1, batch dims, 1-D input.
 SHAPES = [((5,), 4, 3, 2), ((6,), 3, 1, 4), ((4,), 5, 2, 1), ((2, 3), 4, 2, 3), ((), 3, 2, 2),
@@ -86,13 +85,17 @@ def test_diagonal_form_matches_reference(device):
 @pytest.mark.parametrize("args, message", [
     ((torch.tensor(1.0), torch.randn(2, 3), torch.randn(4, 2, 2)), r"expected x of shape \(\.\.\., in_features\)"),
     ((torch.randn(5, 4), torch.randn(2, 3), torch.randn(4, 2, 2)), r"x has 4 features .* weight of shape \[2, 3\]"),
-    ((torch.randn(5, 3), torch.randn(2, 3, 1), torch.randn(4, 2, 2)), r"expected weight of shape \(rank, in_features\)"),
+    ((torch.randn(5, 3), torch.randn(2, 3, 1), torch.randn(4, 2, 2)),
+     r"expected weight of shape \(rank, in_features\)"),
     ((torch.randn(5, 3), torch.randn(2, 3), torch.randn(4, 3, 3)), r"S of shape \[4, 3, 3\] does not match rank 2"),
     ((torch.randn(5, 3), torch.randn(2, 3), torch.randn(4, 2, 5)), r"expected square matrices S"),
     ((torch.randn(5, 3), torch.randn(2, 3), torch.randn(2, 2)), r"expected S of shape \(out_features, rank, rank\)"),
-    ((torch.randn(5, 3, dtype=torch.float64), torch.randn(2, 3), torch.randn(4, 2, 2)), r"weight to have the dtype of x"),
-    ((torch.randn(5, 3), torch.randn(2, 3), torch.randn(4, 2, 2, dtype=torch.float64)), r"S to have the dtype of weight"),
-    ((torch.ones(5, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long), torch.ones(4, 2, 2, dtype=torch.long)), r"floating point"),
+    ((torch.randn(5, 3, dtype=torch.float64), torch.randn(2, 3), torch.randn(4, 2, 2)),
+     r"weight to have the dtype of x"),
+    ((torch.randn(5, 3), torch.randn(2, 3), torch.randn(4, 2, 2, dtype=torch.float64)),
+     r"S to have the dtype of weight"),
+    ((torch.ones(5, 3, dtype=torch.long), torch.ones(2, 3, dtype=torch.long), torch.ones(4, 2, 2, dtype=torch.long)),
+     r"floating point"),
 ])
 def test_bad_input_names_the_argument(args, message):
     with pytest.raises(RuntimeError, match=message):

@@ -4,7 +4,6 @@ import copy
 import pytest
 import torch
 
-import quadnet
 from quadnet.linalg import projected_step, tangent_step, tangent_step_unavailable
 from quadnet.nn import PolynomialConvBlock, QuadraticConv2d, QuadraticLayer
 from quadnet.ops import canonical_form, canonical_gradient, quadratic_form
@@ -187,7 +186,8 @@ def test_options_are_checked():
 
 def test_convolutions_take_the_tangent_step():
     torch.manual_seed(0)
-    model = torch.nn.Sequential(PolynomialConvBlock(1, 4, 3, rank=3, padding=1), torch.nn.Flatten(), torch.nn.LazyLinear(2))
+    model = torch.nn.Sequential(PolynomialConvBlock(1, 4, 3, rank=3, padding=1), torch.nn.Flatten(),
+                                torch.nn.LazyLinear(2))
     x = torch.randn(8, 1, 8, 8)
     model(x)
     opt = GLRAMSGD(model, lr=0.05, momentum=0.9)

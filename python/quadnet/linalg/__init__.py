@@ -4,7 +4,6 @@ Thin adapters over the C++ implementation (``quadnet::linalg``).
 """
 from typing import NamedTuple, Optional
 
-import torch
 from torch import Tensor
 
 from .. import _C
@@ -71,8 +70,8 @@ def projected_step(weight: Tensor, S: Tensor, X: Tensor, G: Tensor, lr: float, *
     Returns the GLRAM projection of ``A_i = W^T sym(S_i) W − lr · X^T diag(G[:, i]) X``,
     warm-started from ``weight`` (the classic start if ``weight`` has rank ``< r``, e.g. zero).
     ``solver="rayleigh_ritz"`` (default) applies ``A_i`` through its factors (``k``-sized ones in
-    the coordinates of ``span[W^T | X^T]`` when ``k = rank + batch < d``); ``solver="exact"`` runs the full GLRAM iteration on ``k×k`` cores
-    from a thin QR of ``[W^T | X^T]``, as does one output with either
+    the coordinates of ``span[W^T | X^T]`` when ``k = rank + batch < d``); ``solver="exact"`` runs the
+    full GLRAM iteration on ``k×k`` cores from a thin QR of ``[W^T | X^T]``, as does one output with either
     solver. Dense when ``k ≥ d``, except with ``"rayleigh_ritz"`` when ``B² ≤ n·d²`` (its ``B×B``
     Gram matrix is then no larger than the ``n`` canonical matrices). ``tol`` and ``max_iter`` as
     in :func:`glram`.
