@@ -161,12 +161,10 @@ def _train(model, opt, batches):
         opt.step()
 
 
-@pytest.mark.parametrize("projection", ["tangent", "full"])
-@pytest.mark.parametrize("copier", ["deepcopy", "pickle"])
-def test_a_copy_of_model_and_optimizer_continues_identically(copier, projection):
-    model = _model()
-    opt = GLRAMSGD(model, lr=0.05, momentum=0.9, projection=projection)
-    batches = [torch.randn(8, 6) for _ in range(6)]
+def _copy_continues_identically(model, opt, copier, features):
+    """Trains 3 steps, copies (model, opt) together, trains both 3 more on the same batches and
+    checks they stay bit-identical; returns the copied optimizer."""
+    batches = [torch.randn(8, features) for _ in range(6)]
     _train(model, opt, batches[:3])
     pair = (model, opt)
     twin_model, twin_opt = copy.deepcopy(pair) if copier == "deepcopy" else pickle.loads(pickle.dumps(pair))
@@ -174,6 +172,15 @@ def test_a_copy_of_model_and_optimizer_continues_identically(copier, projection)
     _train(twin_model, twin_opt, batches[3:])
     for a, b in zip(model.parameters(), twin_model.parameters()):
         assert torch.equal(a, b)
+    return twin_opt
+
+
+@pytest.mark.parametrize("projection", ["tangent", "full"])
+@pytest.mark.parametrize("copier", ["deepcopy", "pickle"])
+def test_a_copy_of_model_and_optimizer_continues_identically(copier, projection):
+    model = _model()
+    twin_opt = _copy_continues_identically(model, GLRAMSGD(model, lr=0.05, momentum=0.9, projection=projection),
+                                           copier, 6)
     assert len(twin_opt.last_projections) == 1
 
 
@@ -195,15 +202,7 @@ def test_an_optimizer_copied_alone_projects_its_own_copies():
 @pytest.mark.parametrize("copier", ["deepcopy", "pickle"])
 def test_end_to_end_sgd_copy_continues_identically(copier):
     model = torch.nn.Linear(5, 3)
-    opt = EndToEndSGD(model.parameters(), lr=0.05, depth=3)
-    batches = [torch.randn(8, 5) for _ in range(6)]
-    _train(model, opt, batches[:3])
-    pair = (model, opt)
-    twin_model, twin_opt = copy.deepcopy(pair) if copier == "deepcopy" else pickle.loads(pickle.dumps(pair))
-    _train(model, opt, batches[3:])
-    _train(twin_model, twin_opt, batches[3:])
-    for a, b in zip(model.parameters(), twin_model.parameters()):
-        assert torch.equal(a, b)
+    _copy_continues_identically(model, EndToEndSGD(model.parameters(), lr=0.05, depth=3), copier, 5)
 
 
 @pytest.mark.parametrize("other", ["SGD", "Adam"])

@@ -133,21 +133,31 @@ double largest_finite(c10::ScalarType dtype) {
 
 void check_sgd_updates_finite(const std::vector<SGDUpdate>& updates) {
   if (updates.empty()) return;
-  std::vector<torch::Tensor> maxima;  // per update: max|grad|, max|param|, max|buffer| (0 without)
-  for (const auto& u : updates) {
-    TORCH_CHECK(u.grad.sizes() == u.param.sizes(), "GLRAMSGD: a gradient of shape ", u.grad.sizes(),
-                " does not match its parameter of shape ", u.param.sizes());
-    auto zero = at::zeros({}, u.param.options().dtype(at::kDouble));
-    auto max_abs = [&](const torch::Tensor& t) {
-      return t.defined() && t.numel() > 0 ? t.abs().max().to(at::kDouble) : zero;
-    };
-    maxima.push_back(at::stack({max_abs(u.grad), max_abs(u.param), max_abs(u.momentum_buffer)}).cpu());
-  }
-  const auto all = at::stack(maxima);  // one host read for all the parameters
-  const auto bounds = all.accessor<double, 2>();
+  // Per update, on its device: max|grad|, max|param|, max|buffer| (0 without), in float64.
+  std::unordered_map<c10::Device, std::vector<size_t>> by_device;
+  std::vector<torch::Tensor> maxima;
   for (size_t i = 0; i < updates.size(); ++i) {
     const auto& u = updates[i];
-    const double g = bounds[i][0], p = bounds[i][1], b = bounds[i][2];
+    TORCH_CHECK(u.grad.sizes() == u.param.sizes(), "GLRAMSGD: a gradient of shape ", u.grad.sizes(),
+                " does not match its parameter of shape ", u.param.sizes());
+    auto max_abs = [&](const torch::Tensor& t) {
+      return t.defined() && t.numel() > 0 ? t.abs().max().to(at::kDouble)
+                                          : at::zeros({}, u.param.options().dtype(at::kDouble));
+    };
+    maxima.push_back(at::stack({max_abs(u.grad), max_abs(u.param), max_abs(u.momentum_buffer)}));
+    by_device[u.param.device()].push_back(i);
+  }
+  std::vector<torch::Tensor> host(updates.size());  // one host read per device
+  for (const auto& entry : by_device) {
+    std::vector<torch::Tensor> rows;
+    for (auto i : entry.second) rows.push_back(maxima[i]);
+    const auto read = at::stack(rows).cpu();
+    for (size_t j = 0; j < entry.second.size(); ++j) host[entry.second[j]] = read[j];
+  }
+  for (size_t i = 0; i < updates.size(); ++i) {
+    const auto& u = updates[i];
+    const auto bounds = host[i].accessor<double, 1>();
+    const double g = bounds[0], p = bounds[1], b = bounds[2];
     // |d| ≤ g + wd·p, |b'| ≤ m·b + (1 − dampening)·|d|, |step| ≤ |b'| (+ |d| with nesterov)
     const double d = g + u.weight_decay * p;
     double step = d;

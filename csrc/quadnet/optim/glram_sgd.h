@@ -62,7 +62,7 @@ struct SGDUpdate {
 
 // Throws (naming the parameter's shape; nothing is written) unless every value the updates
 // would write is finite. A bound from three max-abs reductions per parameter and one host read
-// for all of them proves it; only where the bound is inconclusive (values near the dtype's
+// per device for all of them proves it; only where the bound is inconclusive (values near the dtype's
 // largest) is the update computed out of place and checked.
 void check_sgd_updates_finite(const std::vector<SGDUpdate>& updates);
 

@@ -1,6 +1,6 @@
 """Layer registries: how optimizers given plain parameters find the layers they belong to."""
 import weakref
-from typing import Iterable, Optional
+from typing import Iterable
 
 import torch
 from torch import Tensor
@@ -11,7 +11,7 @@ class LayerRegistry:
 
     A layer registers itself when built (``__init__``) and when copied (``__setstate__``:
     ``copy.deepcopy``, pickle, ``torch.load``); entries die with their layer (a weak set).
-    :meth:`layer_of` then asks each layer for its *current* ``weight`` and ``S``, so a parameter
+    :meth:`owners` then asks each layer for its *current* ``weight`` and ``S``, so a parameter
     is found whatever route put it there: assignment, ``load_state_dict(..., assign=True)``,
     ``to_empty``, ``module.to()``, swapped tensors.
     """
@@ -33,10 +33,6 @@ class LayerRegistry:
                 if param is not None:
                     found[id(param)] = layer
         return found
-
-    def layer_of(self, param: Tensor) -> Optional[torch.nn.Module]:
-        """The layer whose ``weight`` or ``S`` is ``param``, or ``None``."""
-        return self.owners().get(id(param))
 
 
 def layers_of(params: Iterable[Tensor], *registries: LayerRegistry) -> list:

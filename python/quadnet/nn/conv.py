@@ -14,11 +14,6 @@ __all__ = ["QuadraticConv2d", "DiagonalQuadraticConv2d", "PolynomialConvBlock"]
 _CONVS = LayerRegistry()
 
 
-def quadratic_conv_of(param: Tensor) -> Optional["QuadraticConv2d"]:
-    """The :class:`QuadraticConv2d` whose ``weight`` or ``S`` is ``param``, or ``None``."""
-    return _CONVS.layer_of(param)
-
-
 class _QuadraticConvBase(torch.nn.Module):
     """Geometry, checks and repr shared by the two convolutional layers (as in C++)."""
 

@@ -25,11 +25,6 @@ def _check_sizes(module: str, in_features, out_features, rank, rank_at_most_in_f
     return sizes
 
 
-def quadratic_layer_of(param: Tensor) -> Optional["QuadraticLayer"]:
-    """The :class:`QuadraticLayer` whose ``weight`` or ``S`` is ``param``, or ``None``."""
-    return _LAYERS.layer_of(param)
-
-
 class QuadraticLayer(torch.nn.Module):
     r"""Quadratic layer ``y_i = (W x)^T S_i (W x) + b_i`` with symmetric ``S_i``.
 

@@ -9,7 +9,7 @@ from torch.optim import Optimizer
 from .. import _C
 from ..linalg import GLRAMResult
 from ..nn._registry import layers_of
-from ..nn.conv import _CONVS, QuadraticConv2d, quadratic_conv_of
+from ..nn.conv import _CONVS, QuadraticConv2d
 from ..nn.quadratic import _LAYERS as _DENSE
 from ..nn.quadratic import QuadraticLayer
 
@@ -121,20 +121,23 @@ class GLRAMSGD(Optimizer):
         #: GLRAM results of the last step, one per projected layer (objective, iterations).
         self.last_projections: list = []
 
-    def _find_layers(self) -> None:
+    def _find_layers(self, capture: bool = True) -> None:
         """The projected layers are those whose ``weight`` or ``S`` is in a param group, found by
         identity among every live layer (nn._registry), whatever route put the parameters there;
-        refused: half a layer in a group, a convolution in a "full" group. Capture follows."""
+        refused: half a layer in a group, a convolution in a "full" group. Layers no longer found
+        stop capturing; with ``capture``, each found layer captures exactly while it needs its
+        batch (``step`` passes ``False``: its own result says that for the next step)."""
         found = layers_of((p for g in self.param_groups for p in g["params"]), _DENSE, _CONVS)
         _check_layers_in_groups(found, self.param_groups)
-        _refuse_full_convolutions(self.param_groups)
+        _refuse_full_convolutions(found, self.param_groups)
         found_ids = {id(layer) for layer in found}
         for layer in self._layers:  # layers no longer here (their parameters were replaced)
             if id(layer) not in found_ids:
                 self._set_capturing(layer, False)
         self._layers = found
-        for layer in self._layers:
-            self._set_capturing(layer, self._needs_batch(layer))
+        if capture:
+            for layer in self._layers:
+                self._set_capturing(layer, self._needs_batch(layer))
 
     def _finalize_capture(self) -> None:
         # When the optimizer is gone its layers stop capturing (other optimizers' uses remain).
@@ -213,7 +216,7 @@ class GLRAMSGD(Optimizer):
                 loss = closure()
         # Found again (parameters may have moved to other layers since) and checked for every
         # group before any capture is consumed: a refused step changes nothing.
-        self._find_layers()
+        self._find_layers(capture=False)
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         batches = []
         for layer in self._layers:
@@ -248,15 +251,16 @@ def _set_new_option_defaults(group: dict) -> None:
         group.setdefault(key, _DEFAULTS[key])
 
 
-def _refuse_full_convolutions(groups) -> None:
+def _refuse_full_convolutions(layers, groups) -> None:
     """QuadraticConv2d parameters in a group with projection="full" are refused: the full
     projected step is not implemented for convolutions, and plain SGD in its place would be a
     silent substitute."""
-    for group in groups:
-        if group["projection"] != "full":
+    in_full_groups = {id(p) for g in groups if g["projection"] == "full" for p in g["params"]}
+    for layer in layers:
+        if not isinstance(layer, QuadraticConv2d):
             continue
-        for p in group["params"]:
-            if quadratic_conv_of(p) is not None:
+        for p in (layer.weight, layer.S):
+            if id(p) in in_full_groups:
                 raise ValueError(f"GLRAMSGD: a parameter of shape {tuple(p.shape)} belongs to a QuadraticConv2d, in "
                                  "a param group with projection='full', whose full projected step is not implemented "
                                  "for convolutions; use projection='tangent' (the default)")
