@@ -129,6 +129,38 @@ def test_compiled_graph_calls_the_ops(fresh_dynamo):
     assert "quadnet._quadratic_form_backward.default" in seen
 
 
+INDUCTOR_IN_CI_SCRIPT = """
+import torch{first}
+import quadnet
+from quadnet.nn import QuadraticLayer
+model = torch.nn.Sequential(QuadraticLayer(8, 40, rank=3), torch.nn.Tanh(), QuadraticLayer(40, 2, rank=4))
+x = torch.randn(6, 8)
+torch.compile(model)(x).sum().backward()  # the joint graph: _quadratic_form_forward/_backward
+with torch.no_grad():
+    torch.testing.assert_close(torch.compile(model)(x), model(x))  # quadratic_form, quadratic_features
+from torch._inductor.lowering import fallbacks
+print(sorted(str(op) for op in fallbacks if "quadnet" in str(op)))
+"""
+
+
+@pytest.mark.parametrize("first", ["", "._inductor.lowering"], ids=["quadnet first", "inductor first"])
+def test_inductor_calls_the_ops_where_the_ci_variable_is_set(first):
+    """With CI set (GitHub Actions sets it) Inductor refuses an implicit fall-back for an op that
+    has a decomposition (quadnet's, for ONNX): quadnet registers its fall-backs explicitly,
+    whether Inductor is imported before or after it. Fresh interpreter, caches off, so Inductor
+    really lowers the graphs."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, CI="1", TORCHINDUCTOR_FORCE_DISABLE_CACHES="1")
+    run = subprocess.run([sys.executable, "-c", INDUCTOR_IN_CI_SCRIPT.format(first=first)], env=env,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ops = eval(run.stdout.strip().splitlines()[-1])
+    assert set(ops) >= {"quadnet._quadratic_form_forward.default", "quadnet._quadratic_form_backward.default",
+                        "quadnet.quadratic_form.default", "quadnet.quadratic_features.default"}, ops
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_export_deep_polynomial_net(device):
     net = DeepPolynomialNet([20, 12, 3], ranks=[5, 4], norm=True).to(device).eval()
