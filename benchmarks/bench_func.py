@@ -4,8 +4,8 @@ the same network written as a pure-PyTorch composition.
 
     .venv/bin/python benchmarks/bench_func.py [--threads 1] [--json results/bench_func.json]
 
-Network: DeepPolynomialNet([784, 128, 10], ranks=[32, 16]) (the main demo's, without batch
-norm, which per-sample gradients exclude), batch 128, MSE loss; medians of whole per-sample
+Network: DeepPolynomialNet([784, 128, 10], ranks=[32, 16], quadratic_norm=False) (the main
+demo's, without batch norm, which per-sample gradients exclude), batch 128, MSE loss; medians of whole per-sample
 gradient computations.
 """
 import argparse
@@ -43,7 +43,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    net = quadnet.nn.DeepPolynomialNet([784, 128, 10], ranks=[32, 16])
+    net = quadnet.nn.DeepPolynomialNet([784, 128, 10], ranks=[32, 16], quadratic_norm=False)
     composition = torch.nn.Sequential(*(CompositionBlock(b) for b in net))
     x, target = torch.randn(128, 784), torch.randn(128, 10)
 

@@ -141,7 +141,8 @@ def optimizer_steps(steps=60, warmup=10):
         torch.manual_seed(0)
         yield "QuadraticLayer(784, 10, rank=25)", quadnet.nn.QuadraticLayer(784, 10, 25), 0.01, {}
         torch.manual_seed(0)
-        yield "demo DeepPolynomialNet", quadnet.nn.DeepPolynomialNet(demo.SIZES, demo.RANKS, norm=True), 0.02, {}
+        yield "demo DeepPolynomialNet", quadnet.nn.DeepPolynomialNet(demo.SIZES, demo.RANKS, norm=True,
+                                                                   quadratic_norm=demo.QUADRATIC_NORM), 0.02, {}
 
     rows = []
     for name, fresh, lr, _ in models():

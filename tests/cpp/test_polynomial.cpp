@@ -14,7 +14,7 @@ using quadnet::nn::PolynomialBlock;
 
 TEST(PolynomialBlock, IsQuadraticPlusLinearSkip) {
   torch::manual_seed(0);
-  PolynomialBlock block(5, 3, 2);
+  PolynomialBlock block(quadnet::nn::PolynomialBlockOptions(5, 3, 2).quadratic_norm(false));
   block->to(torch::kFloat64);
   auto x = torch::randn({4, 5}, torch::kFloat64);
   auto expected = quadnet::quadratic_form(x, block->quadratic->weight, block->quadratic->S) +
@@ -22,9 +22,39 @@ TEST(PolynomialBlock, IsQuadraticPlusLinearSkip) {
   EXPECT_TRUE(torch::allclose(block->forward(x), expected, 1e-12, 1e-12));
   EXPECT_EQ(block->num_parameters(), 2 * 5 + 3 * 3 + 3 + 3 * 5);
 
-  PolynomialBlock no_skip(quadnet::nn::PolynomialBlockOptions(5, 3, 2).skip(false));
+  PolynomialBlock no_skip(quadnet::nn::PolynomialBlockOptions(5, 3, 2).skip(false).quadratic_norm(false));
   EXPECT_FALSE(no_skip->skip);
   EXPECT_EQ(no_skip->num_parameters(), 2 * 5 + 3 * 3 + 3);
+}
+
+TEST(PolynomialBlock, QuadraticNormIsTheDefaultAndNormalisesTheQuadraticTermAlone) {
+  torch::manual_seed(5);
+  PolynomialBlock block(5, 3, 2);
+  block->to(torch::kFloat64);
+  ASSERT_TRUE(block->quadratic_norm);
+  EXPECT_FALSE(block->quadratic->bias.defined());  // the norm's shift is the bias
+  EXPECT_TRUE(block->quadratic_norm->options.affine());
+  EXPECT_EQ(block->num_parameters(), 2 * 5 + 3 * 3 + 2 * 3 + 3 * 5);
+  torch::NoGradGuard no_grad;
+  block->quadratic_norm->weight.uniform_(0.5, 2.0);
+  block->quadratic_norm->bias.uniform_(-1.0, 1.0);
+  auto x = torch::randn({40, 5}, torch::kFloat64);
+  // training: the batch's mean and (biased) variance of the quadratic term, per output
+  auto q = quadnet::quadratic_form(x, block->quadratic->weight, block->quadratic->S);
+  auto mean = q.mean(0), var = q.var(0, /*unbiased=*/false);
+  auto skip = torch::mm(x, block->skip->weight.t());
+  auto expected = (q - mean) / torch::sqrt(var + 1e-5) * block->quadratic_norm->weight +
+                  block->quadratic_norm->bias + skip;
+  EXPECT_TRUE(torch::allclose(block->forward(x), expected, 1e-10, 1e-10));
+  // eval: an affine map of the quadratic term with the running statistics
+  block->eval();
+  const auto& bn = block->quadratic_norm;
+  expected = (q - bn->running_mean) / torch::sqrt(bn->running_var + 1e-5) * bn->weight + bn->bias + skip;
+  EXPECT_TRUE(torch::allclose(block->forward(x), expected, 1e-10, 1e-10));
+
+  PolynomialBlock no_bias(quadnet::nn::PolynomialBlockOptions(5, 3, 2).bias(false));
+  EXPECT_FALSE(no_bias->quadratic_norm->options.affine());
+  EXPECT_EQ(no_bias->num_parameters(), 2 * 5 + 3 * 3 + 3 * 5);
 }
 
 TEST(DeepPolynomialNet, NamesDegreeCountAndForward) {
@@ -32,6 +62,13 @@ TEST(DeepPolynomialNet, NamesDegreeCountAndForward) {
   DeepPolynomialNet net(std::vector<int64_t>{6, 4, 3}, std::vector<int64_t>{3, 2});
   std::vector<std::string> names;
   for (const auto& item : net->named_parameters()) names.push_back(item.key());
+  EXPECT_EQ(names, (std::vector<std::string>{"0.quadratic.weight", "0.quadratic.S", "0.quadratic_norm.weight",
+                                             "0.quadratic_norm.bias", "0.skip.weight", "1.quadratic.weight",
+                                             "1.quadratic.S", "1.quadratic_norm.weight", "1.quadratic_norm.bias",
+                                             "1.skip.weight"}));
+  DeepPolynomialNet plain(DeepPolynomialNetOptions({6, 4, 3}, {3, 2}).quadratic_norm(false));
+  names.clear();
+  for (const auto& item : plain->named_parameters()) names.push_back(item.key());
   EXPECT_EQ(names, (std::vector<std::string>{"0.quadratic.weight", "0.quadratic.S", "0.quadratic.bias",
                                              "0.skip.weight", "1.quadratic.weight", "1.quadratic.S",
                                              "1.quadratic.bias", "1.skip.weight"}));
@@ -82,7 +119,7 @@ namespace {
 
 TEST(DeepPolynomialNet, NormOnEveryBlockButTheLastMatchesPythonNames) {
   torch::manual_seed(4);
-  DeepPolynomialNet net(DeepPolynomialNetOptions({6, 4, 4, 2}, {3, 2, 2}).norm(true));
+  DeepPolynomialNet net(DeepPolynomialNetOptions({6, 4, 4, 2}, {3, 2, 2}).norm(true).quadratic_norm(false));
   EXPECT_TRUE(net[0]->norm);
   EXPECT_TRUE(net[1]->norm);
   EXPECT_FALSE(net[2]->norm);

@@ -49,3 +49,15 @@ def test_polynomial_convnet_example_runs_exports_and_classifies_in_cpp(tmp_path,
     cpp = results["cpp_check"]  # the exported polynomial convnet, classified by the C++ app
     assert cpp is not None and cpp["images"] == 10000
     assert cpp["identical_predictions"] == 10000
+
+
+def test_deep_polynomial_depth_study_runs_and_reports_every_setting(tmp_path):
+    out = run_example("deep_polynomial_depth.py", "--steps", "300", "--seeds", "1", "--fmnist-epochs", "0",
+                      "--threads", "1", "--out", str(tmp_path))
+    results = json.load(open(tmp_path / "results.json"))
+    runs = results["results"]["digits"]["runs"]
+    assert set(runs) == {"none", "norm", "quadratic_norm (default)", "both"}
+    assert os.path.getsize(tmp_path / "accuracy.png") > 0 and "Verdict" in out
+    default = runs["quadratic_norm (default)"]
+    assert all(r["accuracy"] is not None and r["accuracy"] > 0.8 for rs in default.values() for r in rs), default
+    assert runs["none"]["SGD 4"][0]["accuracy"] is None  # without a norm SGD diverges (NaN)

@@ -14,7 +14,7 @@ def fit(sizes, ranks, x, target, seeds=3):
     best = float("inf")
     for seed in range(seeds):
         torch.manual_seed(seed)
-        net = DeepPolynomialNet(sizes, ranks, dtype=torch.float64)
+        net = DeepPolynomialNet(sizes, ranks, quadratic_norm=False, dtype=torch.float64)
         opt = torch.optim.LBFGS(net.parameters(), lr=1, max_iter=2000, tolerance_grad=1e-14,
                                 tolerance_change=1e-16, history_size=50, line_search_fn="strong_wolfe")
 
@@ -43,7 +43,7 @@ def test_depth_two_fits_a_degree_four_polynomial_that_depth_one_cannot():
 
 def test_depth_two_represents_degree_four_exactly():
     """Hand-set weights: block 1 gives (u², v) (quadratic + skip), block 2 squares the first and adds v."""
-    net = DeepPolynomialNet([2, 2, 1], [1, 1], dtype=torch.float64)
+    net = DeepPolynomialNet([2, 2, 1], [1, 1], quadratic_norm=False, dtype=torch.float64)
     with torch.no_grad():
         for p in net.parameters():
             p.zero_()
@@ -74,14 +74,115 @@ def test_gradcheck_through_two_blocks(device):
 
 
 def test_block_is_quadratic_plus_skip_and_counts_parameters():
-    block = PolynomialBlock(5, 3, 2, dtype=torch.float64)
+    block = PolynomialBlock(5, 3, 2, quadratic_norm=False, dtype=torch.float64)
     x = torch.randn(4, 5, dtype=torch.float64)
     q = block.quadratic
     expected = torch.ops.quadnet.quadratic_form(x, q.weight, q.S) + q.bias + x @ block.skip.weight.T
     torch.testing.assert_close(block(x), expected, rtol=1e-12, atol=1e-12)
     assert block.degree == 2
     assert block.num_parameters() == 2 * 5 + 3 * 3 + 3 + 3 * 5
-    assert PolynomialBlock(5, 3, 2, skip=False).num_parameters() == 2 * 5 + 3 * 3 + 3
+    assert PolynomialBlock(5, 3, 2, skip=False, quadratic_norm=False).num_parameters() == 2 * 5 + 3 * 3 + 3
+
+
+def test_quadratic_norm_is_the_default_and_normalises_the_quadratic_term_alone():
+    """y = BN(Quad(x)) + L x: batch statistics in training, the running ones in eval (an affine
+    map of the quadratic term: still a polynomial); its shift replaces the quadratic layer's bias."""
+    torch.manual_seed(0)
+    block = PolynomialBlock(5, 3, 2, dtype=torch.float64)
+    norm, q = block.quadratic_norm, block.quadratic
+    assert norm is not None and norm.affine and q.bias is None
+    assert block.num_parameters() == 2 * 5 + 3 * 3 + 2 * 3 + 3 * 5 == sum(
+        p.numel() for p in block.parameters()) - 3 * (4 - 3)  # each S_i (2x2) counted once
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 2.0)
+        norm.bias.uniform_(-1.0, 1.0)
+    x = torch.randn(2, 20, 5, dtype=torch.float64)  # leading dims: the statistics are over all of them
+    quad = torch.ops.quadnet.quadratic_form(x, q.weight, q.S)
+    flat = quad.reshape(-1, 3)
+    mean, var = flat.mean(0), flat.var(0, unbiased=False)
+    skip = x @ block.skip.weight.T
+    torch.testing.assert_close(block(x), (quad - mean) / torch.sqrt(var + norm.eps) * norm.weight + norm.bias + skip)
+    block.eval()
+    affine = (quad - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps) * norm.weight + norm.bias
+    torch.testing.assert_close(block(x), affine + skip)
+    assert PolynomialBlock(5, 3, 2, bias=False).quadratic_norm.affine is False
+    assert PolynomialBlock(5, 3, 2, bias=False).num_parameters() == 2 * 5 + 3 * 3 + 3 * 5
+    net = DeepPolynomialNet([6, 4, 4, 3], ranks=2)
+    assert all(b.quadratic_norm is not None for b in net) and "quadratic_norm=True" in repr(net)
+    assert all(b.quadratic_norm is None for b in DeepPolynomialNet([6, 4, 3], ranks=2, quadratic_norm=False))
+
+
+def test_quadratic_norm_makes_the_block_invariant_to_the_scale_of_w_and_s():
+    """The mechanism of docs/polynomial.rst: in training mode the block's output does not change
+    when S (or W) is scaled by c, and the gradient with respect to S (W) scales as 1/c, so larger
+    weights take smaller steps instead of growing the quadratic term."""
+    torch.manual_seed(0)
+    block = PolynomialBlock(6, 4, 3, dtype=torch.float64)
+    block.quadratic_norm.eps = 1e-30  # invariance to rounding (eps only guards a zero variance)
+    x, g = torch.randn(32, 6, dtype=torch.float64), torch.randn(32, 4, dtype=torch.float64)
+
+    def output_and_grads(c_w, c_s):
+        with torch.no_grad():
+            block.quadratic.weight.mul_(c_w)
+            block.quadratic.S.mul_(c_s)
+        block.zero_grad()
+        y = block(x)
+        (y * g).sum().backward()
+        result = y.detach(), block.quadratic.weight.grad.clone(), block.quadratic.S.grad.clone()
+        with torch.no_grad():
+            block.quadratic.weight.div_(c_w)
+            block.quadratic.S.div_(c_s)
+        return result
+    y, grad_w, grad_s = output_and_grads(1.0, 1.0)
+    for c_w, c_s in ((1.0, 10.0), (5.0, 1.0)):
+        y_c, grad_w_c, grad_s_c = output_and_grads(c_w, c_s)
+        torch.testing.assert_close(y_c, y)
+        torch.testing.assert_close(grad_s_c, grad_s / c_s, rtol=1e-5, atol=1e-9)
+        torch.testing.assert_close(grad_w_c, grad_w / c_w, rtol=1e-5, atol=1e-9)
+    plain = PolynomialBlock(6, 4, 3, quadratic_norm=False, dtype=torch.float64)
+    with torch.no_grad():
+        y0 = plain(x)
+        plain.quadratic.S.mul_(10.0)
+        assert not torch.allclose(plain(x), y0)  # without it the output follows the scale
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x, dtype=torch.float32)
+    x, y = (x - x.mean(0)) / (x.std(0) + 1e-6), torch.tensor(y)
+    train, test = torch.randperm(len(x), generator=torch.Generator().manual_seed(0)).split([1257, 540])
+    return x[train], y[train], x[test], y[test]
+
+
+@pytest.mark.parametrize("optimizer", ["SGD", "Adam"])
+@pytest.mark.parametrize("blocks", [2, 4])
+def test_deep_nets_train_with_the_usual_optimizer_defaults(optimizer, blocks):
+    """The defaults let a 4-block net (degree 16) train as a user would first try it: digits,
+    standardised pixels, batch 64, 300 steps, SGD (lr 0.01, momentum 0.9) or Adam (lr 1e-3).
+    Without any norm SGD turns NaN within 60 steps (asserted below, so this test can fail)."""
+    x, y, x_test, y_test = _digits()
+
+    def train(**options):
+        torch.manual_seed(0)
+        net = DeepPolynomialNet([64] + [32] * (blocks - 1) + [10], ranks=8, **options)
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9) if optimizer == "SGD" else \
+            torch.optim.Adam(net.parameters(), lr=1e-3)
+        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0)).repeat(16)
+        for step in range(300):
+            batch = order[64 * step:64 * (step + 1)]
+            loss = F.cross_entropy(net(x[batch]), y[batch])
+            if not torch.isfinite(loss):
+                return None
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            return (net.eval()(x_test).argmax(1) == y_test).float().mean().item()
+    accuracy = train()
+    assert accuracy is not None and accuracy > 0.9, accuracy
+    if optimizer == "SGD":
+        assert train(quadratic_norm=False) is None
 
 
 def test_net_names_degree_count_and_repr():
@@ -95,7 +196,7 @@ def test_net_names_degree_count_and_repr():
 
 
 def test_norm_on_every_block_but_the_last_and_eval_is_affine():
-    net = DeepPolynomialNet([6, 5, 4, 3], ranks=[3, 2, 2], norm=True, dtype=torch.float64)
+    net = DeepPolynomialNet([6, 5, 4, 3], ranks=[3, 2, 2], norm=True, quadratic_norm=False, dtype=torch.float64)
     assert [b.norm is not None for b in net] == [True, True, False]
     net.train()
     net(torch.randn(64, 6, dtype=torch.float64))  # update running statistics

@@ -13,11 +13,18 @@ namespace nn {
 PolynomialBlockImpl::PolynomialBlockImpl(const PolynomialBlockOptions& options_) : options(options_) { reset(); }
 
 void PolynomialBlockImpl::reset() {
-  // Same construction order as Python (quadratic, then skip): same RNG stream, same init.
+  // Same construction order as Python (quadratic, its norm, then skip): same RNG stream, same init.
   quadratic = register_module(
       "quadratic", QuadraticLayer(QuadraticLayerOptions(options.in_features(), options.out_features(),
                                                         options.rank())
-                                      .bias(options.bias())));
+                                      .bias(options.bias() && !options.quadratic_norm())));
+  if (options.quadratic_norm()) {
+    quadratic_norm = register_module(
+        "quadratic_norm",
+        torch::nn::BatchNorm1d(torch::nn::BatchNorm1dOptions(options.out_features()).affine(options.bias())));
+  } else {
+    quadratic_norm = nullptr;
+  }
   if (options.skip()) {
     skip = register_module(
         "skip", torch::nn::Linear(torch::nn::LinearOptions(options.in_features(), options.out_features()).bias(false)));
@@ -33,6 +40,7 @@ void PolynomialBlockImpl::reset() {
 
 void PolynomialBlockImpl::reset_parameters() {
   quadratic->reset_parameters();
+  if (quadratic_norm) quadratic_norm->reset_parameters();
   if (skip) skip->reset_parameters();
   if (norm) norm->reset_running_stats();
 }
@@ -41,18 +49,23 @@ void PolynomialBlockImpl::pretty_print(std::ostream& stream) const {
   stream << "quadnet::nn::PolynomialBlock(in_features=" << options.in_features()
          << ", out_features=" << options.out_features() << ", rank=" << options.rank()
          << ", skip=" << (options.skip() ? "true" : "false") << ", norm=" << (options.norm() ? "true" : "false")
-         << ")";
+         << ", quadratic_norm=" << (options.quadratic_norm() ? "true" : "false") << ")";
 }
 
 torch::Tensor PolynomialBlockImpl::forward(const torch::Tensor& x) {
+  const auto over_features = [this](torch::nn::BatchNorm1d& bn, const torch::Tensor& t) {
+    return bn->forward(t.reshape({-1, options.out_features()})).reshape(t.sizes());  // any leading dims
+  };
   auto y = quadratic->forward(x);
+  if (quadratic_norm) y = over_features(quadratic_norm, y);
   if (skip) y = y + skip->forward(x);
-  if (norm) y = norm->forward(y.reshape({-1, options.out_features()})).reshape(y.sizes());  // any leading dims
+  if (norm) y = over_features(norm, y);
   return y;
 }
 
 int64_t PolynomialBlockImpl::num_parameters() const {
-  return quadratic->num_parameters() + (skip ? skip->weight.numel() : 0);
+  const int64_t norm_affine = quadratic_norm && quadratic_norm->options.affine() ? 2 * options.out_features() : 0;
+  return quadratic->num_parameters() + (skip ? skip->weight.numel() : 0) + norm_affine;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -74,7 +87,8 @@ void DeepPolynomialNetImpl::reset() {
     auto block_options = PolynomialBlockOptions(sizes[t], sizes[t + 1], ranks[t])
                              .skip(options.skip())
                              .bias(options.bias())
-                             .norm(options.norm() && t + 2 < sizes.size());
+                             .norm(options.norm() && t + 2 < sizes.size())
+                             .quadratic_norm(options.quadratic_norm());
     blocks.push_back(register_module(std::to_string(t), PolynomialBlock(block_options)));
   }
 }
@@ -82,7 +96,8 @@ void DeepPolynomialNetImpl::reset() {
 void DeepPolynomialNetImpl::pretty_print(std::ostream& stream) const {
   stream << "quadnet::nn::DeepPolynomialNet(sizes=" << torch::IntArrayRef(options.sizes())
          << ", ranks=" << torch::IntArrayRef(options.ranks()) << ", skip=" << (options.skip() ? "true" : "false")
-         << ", norm=" << (options.norm() ? "true" : "false") << ", degree=" << degree() << ")";
+         << ", norm=" << (options.norm() ? "true" : "false")
+         << ", quadratic_norm=" << (options.quadratic_norm() ? "true" : "false") << ", degree=" << degree() << ")";
 }
 
 torch::Tensor DeepPolynomialNetImpl::forward(torch::Tensor x) {

@@ -24,13 +24,19 @@ struct PolynomialBlockOptions {
   TORCH_ARG(int64_t, rank);
   TORCH_ARG(bool, skip) = true;
   TORCH_ARG(bool, bias) = true;
-  // Batch-normalise the output (BatchNorm1d without affine parameters): needed for stable
-  // SGD-type training of stacks; an affine map in eval mode, so the degree is unchanged.
+  // Batch-normalise the output (BatchNorm1d without affine parameters). An affine map in eval
+  // mode, as quadratic_norm: the degree is unchanged.
   TORCH_ARG(bool, norm) = false;
+  // Batch-normalise the quadratic term alone, y = BN(Quad(x)) + L x, with
+  // BatchNorm1d(out_features, affine=bias): its shift is the bias (the quadratic layer has none)
+  // and its scale weighs the quadratic term. Keeps the quadratic term's size from growing with
+  // W and S, which is what made deep stacks diverge under SGD (docs/polynomial.rst).
+  TORCH_ARG(bool, quadratic_norm) = true;
 };
 
 // y = Quad(x) + L x: a QuadraticLayer ("quadratic") with a bias-free linear skip ("skip"),
-// so L stacked blocks hold every monomial of degree ≤ 2^L. Submodules: quadratic, skip, norm.
+// so L stacked blocks hold every monomial of degree ≤ 2^L. Submodules: quadratic,
+// quadratic_norm, skip, norm (each optional one null when off).
 class PolynomialBlockImpl : public torch::nn::Cloneable<PolynomialBlockImpl> {
  public:
   PolynomialBlockImpl(int64_t in_features, int64_t out_features, int64_t rank)
@@ -49,7 +55,8 @@ class PolynomialBlockImpl : public torch::nn::Cloneable<PolynomialBlockImpl> {
 
   PolynomialBlockOptions options;
   QuadraticLayer quadratic{nullptr};
-  torch::nn::Linear skip{nullptr};       // null when options.skip() is false
+  torch::nn::BatchNorm1d quadratic_norm{nullptr};  // null when options.quadratic_norm() is false
+  torch::nn::Linear skip{nullptr};                 // null when options.skip() is false
   torch::nn::BatchNorm1d norm{nullptr};  // null when options.norm() is false
 };
 TORCH_MODULE(PolynomialBlock);
@@ -62,7 +69,8 @@ struct DeepPolynomialNetOptions {
   TORCH_ARG(std::vector<int64_t>, ranks);
   TORCH_ARG(bool, skip) = true;
   TORCH_ARG(bool, bias) = true;
-  TORCH_ARG(bool, norm) = false;  // on every block but the last
+  TORCH_ARG(bool, norm) = false;           // on every block but the last
+  TORCH_ARG(bool, quadratic_norm) = true;  // on every block
 };
 
 // L = sizes.size() − 1 PolynomialBlocks, registered as "0" … "L-1" (the names of Python's

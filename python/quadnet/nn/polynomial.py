@@ -17,26 +17,41 @@ class PolynomialBlock(torch.nn.Module):
     (:doc:`/polynomial`). The quadratic part is a :class:`QuadraticLayer` (so ``GLRAMSGD`` projects
     it); the skip is an ``nn.Linear`` without bias (the quadratic layer holds the bias).
 
+    ``quadratic_norm=True`` (the default) batch-normalises the quadratic term alone,
+    ``y = BN(Quad(x)) + L x``, with ``BatchNorm1d(out_features, affine=bias)``: its shift is the
+    block's bias (the quadratic layer then has none) and its scale the weight of the quadratic
+    term. The quadratic term's size then no longer grows with ``W`` and ``S`` during training,
+    which is what made stacks diverge: with it, 2- and 4-block nets train with SGD (momentum
+    0.9, lr 0.01) and Adam (lr 1e-3) on digits and Fashion-MNIST, where without any norm SGD
+    turns NaN within 70 steps and with ``norm=True`` alone it stops learning or turns NaN
+    (docs/polynomial.rst, examples/deep_polynomial_depth.py). Like any batch norm in training
+    mode it needs batches of more than one sample.
+
     ``norm=True`` appends ``BatchNorm1d(out_features, affine=False)`` over the feature dim.
-    Stacks trained with ``GLRAMSGD`` need it (measured on Fashion-MNIST, ``[784, 64, 10]``:
-    NaN in the first epoch at lr 0.002–0.05 without it; SGD with momentum too at lr 0.05, not
-    at 0.01; see the README). In eval mode it is an affine map, so the network is still a
-    polynomial of the same degree.
+    Stacks trained with ``GLRAMSGD`` without ``quadratic_norm`` need it (measured on
+    Fashion-MNIST, ``[784, 64, 10]``: NaN in the first epoch at lr 0.002–0.05 without it; SGD
+    with momentum too at lr 0.05, not at 0.01; see the README).
+
+    In eval mode both norms are affine maps, so the network is still a polynomial of the same
+    degree.
 
     Args:
         in_features: size ``d`` of each input sample.
         out_features: number of outputs ``n``.
         rank: hidden rank ``r`` of the quadratic layer.
         skip: if ``False``, no linear skip (a pure quadratic layer: degree exactly 2).
-        bias: if ``False``, no additive bias.
+        bias: if ``False``, no additive bias (and, with ``quadratic_norm``, no scale).
         norm: if ``True``, batch-normalise the output (no affine parameters).
+        quadratic_norm: if ``True`` (default), batch-normalise the quadratic term.
 
     Shape:
         - Input: ``(*, in_features)``.
         - Output: ``(*, out_features)``.
 
     Attributes:
-        quadratic: the :class:`QuadraticLayer` ``(in_features → out_features, rank)``.
+        quadratic: the :class:`QuadraticLayer` ``(in_features → out_features, rank)``; with a
+            bias unless ``quadratic_norm`` (or ``bias=False``).
+        quadratic_norm: ``nn.BatchNorm1d(out_features, affine=bias)`` or ``None``.
         skip: ``nn.Linear(in_features, out_features, bias=False)`` or ``None``.
         norm: ``nn.BatchNorm1d(out_features, affine=False)`` or ``None``.
     """
@@ -48,11 +63,16 @@ class PolynomialBlock(torch.nn.Module):
     __jit_unused_properties__ = ["degree"]
 
     def __init__(self, in_features: int, out_features: int, rank: int, skip: bool = True,
-                 bias: bool = True, norm: bool = False, device=None, dtype=None) -> None:
+                 bias: bool = True, norm: bool = False, quadratic_norm: bool = True, device=None,
+                 dtype=None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.in_features, self.out_features, self.rank = in_features, out_features, rank
-        self.quadratic = QuadraticLayer(in_features, out_features, rank, bias=bias, **factory)
+        self.quadratic = QuadraticLayer(in_features, out_features, rank, bias=bias and not quadratic_norm, **factory)
+        if quadratic_norm:
+            self.quadratic_norm = torch.nn.BatchNorm1d(out_features, affine=bias, **factory)
+        else:
+            self.register_module("quadratic_norm", None)
         if skip:
             self.skip = torch.nn.Linear(in_features, out_features, bias=False, **factory)
         else:
@@ -63,8 +83,11 @@ class PolynomialBlock(torch.nn.Module):
             self.register_module("norm", None)
 
     def reset_parameters(self) -> None:
-        """Re-initialises the quadratic layer and the skip, and resets the norm's running statistics."""
+        """Re-initialises the quadratic layer, its norm and the skip, and resets the output norm's
+        running statistics."""
         self.quadratic.reset_parameters()
+        if self.quadratic_norm is not None:
+            self.quadratic_norm.reset_parameters()
         if self.skip is not None:
             self.skip.reset_parameters()
         if self.norm is not None:
@@ -72,6 +95,8 @@ class PolynomialBlock(torch.nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.quadratic(x)
+        if self.quadratic_norm is not None:  # over the feature dim, for any leading dims
+            y = self.quadratic_norm(y.reshape(-1, self.out_features)).reshape(y.shape)
         if self.skip is not None:
             y = y + self.skip(x)
         if self.norm is not None:  # over the feature dim, for any leading dims
@@ -84,12 +109,16 @@ class PolynomialBlock(torch.nn.Module):
         return 2
 
     def num_parameters(self) -> int:
-        """Free parameters (each symmetric ``S_i`` counted once)."""
-        return self.quadratic.num_parameters() + (self.skip.weight.numel() if self.skip is not None else 0)
+        """Free parameters (each symmetric ``S_i`` counted once; a norm's scale and shift count)."""
+        count = self.quadratic.num_parameters() + (self.skip.weight.numel() if self.skip is not None else 0)
+        if self.quadratic_norm is not None and self.quadratic_norm.affine:
+            count += 2 * self.out_features
+        return count
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"rank={self.rank}, skip={self.skip is not None}, norm={self.norm is not None}")
+                f"rank={self.rank}, skip={self.skip is not None}, norm={self.norm is not None}, "
+                f"quadratic_norm={self.quadratic_norm is not None}")
 
 
 class DeepPolynomialNet(torch.nn.Sequential):
@@ -107,6 +136,8 @@ class DeepPolynomialNet(torch.nn.Sequential):
         bias: biases in every block.
         norm: batch-normalise the output of every block but the last (see
             :class:`PolynomialBlock`; default ``False``).
+        quadratic_norm: batch-normalise the quadratic term of every block (default ``True``;
+            what lets deep stacks train with SGD and Adam at their usual learning rates).
 
     Shape:
         - Input: ``(*, sizes[0])``.
@@ -122,7 +153,7 @@ class DeepPolynomialNet(torch.nn.Sequential):
     __jit_unused_properties__ = ["degree"]
 
     def __init__(self, sizes: Sequence[int], ranks, skip: bool = True, bias: bool = True,
-                 norm: bool = False, device=None, dtype=None) -> None:
+                 norm: bool = False, quadratic_norm: bool = True, device=None, dtype=None) -> None:
         sizes = list(sizes)
         if len(sizes) < 2:
             raise ValueError(f"DeepPolynomialNet: sizes needs at least 2 entries (input, output), got {sizes}")
@@ -134,10 +165,12 @@ class DeepPolynomialNet(torch.nn.Sequential):
                              f"got {len(ranks)}")
         last = len(sizes) - 2
         blocks: List[torch.nn.Module] = [
-            PolynomialBlock(d_in, d_out, r, skip=skip, bias=bias, norm=norm and t < last, device=device, dtype=dtype)
+            PolynomialBlock(d_in, d_out, r, skip=skip, bias=bias, norm=norm and t < last,
+                            quadratic_norm=quadratic_norm, device=device, dtype=dtype)
             for t, (d_in, d_out, r) in enumerate(zip(sizes[:-1], sizes[1:], ranks))]
         super().__init__(*blocks)
         self.sizes, self.ranks, self.skip, self.norm = sizes, ranks, skip, norm
+        self.quadratic_norm = quadratic_norm
 
     @property
     def degree(self) -> int:
@@ -149,4 +182,5 @@ class DeepPolynomialNet(torch.nn.Sequential):
         return sum(block.num_parameters() for block in self)
 
     def extra_repr(self) -> str:
-        return f"sizes={self.sizes}, ranks={self.ranks}, skip={self.skip}, norm={self.norm}, degree={self.degree}"
+        return (f"sizes={self.sizes}, ranks={self.ranks}, skip={self.skip}, norm={self.norm}, "
+                f"quadratic_norm={self.quadratic_norm}, degree={self.degree}")
