@@ -104,6 +104,8 @@ def test_compile_sequential_with_dynamic_batch(device, fresh_dynamo):
 def test_compile_deep_polynomial_net(device, fresh_dynamo):
     net = DeepPolynomialNet([20, 12, 6, 3], ranks=[5, 4, 2], norm=True).to(device=device, dtype=torch.float64)
     check_compiled_matches_eager(net, torch.randn(32, 20, device=device, dtype=torch.float64))
+    for batch in (16, 9):  # the default quadratic_norm and the output norm with a symbolic batch size
+        check_compiled_matches_eager(net, torch.randn(batch, 20, device=device, dtype=torch.float64), dynamic=True)
     net.eval()
     x = torch.randn(8, 20, device=device, dtype=torch.float64)
     with torch.no_grad():
