@@ -15,7 +15,8 @@ class PolynomialBlock(torch.nn.Module):
     ``y_i = (W x)^T S_i (W x) + (L x)_i + b_i``. The fully connected skip ``L`` keeps the
     lower-degree monomials, so ``L`` stacked blocks hold every monomial of degree ``≤ 2^L``
     (:doc:`/polynomial`). The quadratic part is a :class:`QuadraticLayer` (so ``GLRAMSGD`` projects
-    it); the skip is an ``nn.Linear`` without bias (the quadratic layer holds the bias).
+    it); the skip is an ``nn.Linear`` without bias (the quadratic norm's shift, or without it the
+    quadratic layer, holds the bias).
 
     ``quadratic_norm=True`` (the default) batch-normalises the quadratic term alone,
     ``y = BN(Quad(x)) + L x``, with ``BatchNorm1d(out_features, affine=bias)``: its shift is the
