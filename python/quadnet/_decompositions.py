@@ -21,9 +21,6 @@ import torch
 from torch._C import DispatchKey
 from torch._decomp import decomposition_table, register_decomposition
 
-# the ops with a CompositeExplicitAutograd kernel (ops/register_ops.cpp)
-EXPLICIT_OPS = ("quadratic_form", "_quadratic_form_forward", "_quadratic_form_backward", "quadratic_features",
-                "_quadratic_features_backward")
 INDUCTOR_LOWERING = "torch._inductor.lowering"
 
 
@@ -34,11 +31,15 @@ def _composite(op):
 
 
 def _explicit_ops():
-    return [getattr(torch.ops.quadnet, name).default for name in EXPLICIT_OPS]
+    """The ops registered with a CompositeExplicitAutograd kernel (ops/register_ops.cpp), read
+    from the dispatcher."""
+    names = sorted(name for name in torch._C._dispatch_get_all_op_names() if name.startswith("quadnet::")
+                   and torch._C._dispatch_has_kernel_for_dispatch_key(name, "CompositeExplicitAutograd"))
+    return [getattr(torch.ops.quadnet, name.split("::")[1]).default for name in names]
 
 
 def register_inductor_fallbacks(lowering) -> None:
-    """Makes Inductor call quadnet's kernels for EXPLICIT_OPS, with the layout constraint its
+    """Makes Inductor call quadnet's kernels for the explicit ops, with the layout constraint its
     implicit fall-back would use (the op's layout tag, or Inductor's default)."""
     from torch._library.utils import get_layout_constraint_tag
     try:

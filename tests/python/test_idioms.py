@@ -345,6 +345,16 @@ def _mixed_model(seed=0):
     return torch.nn.Sequential(QuadraticLayer(6, 3, 2), torch.nn.Linear(3, 2))
 
 
+def _train_on(model, opt, batches, maximize=False):
+    """Steps opt on the mean square of model's outputs, negated to maximize; returns model."""
+    for x in batches:
+        opt.zero_grad()
+        loss = model(x).pow(2).mean()
+        (-loss if maximize else loss).backward()
+        opt.step()
+    return model
+
+
 @pytest.mark.parametrize("projection", ["tangent", "full"])
 def test_maximize_is_minimizing_the_negated_objective(projection):
     batches = [torch.randn(8, 6) for _ in range(4)]
@@ -352,12 +362,7 @@ def test_maximize_is_minimizing_the_negated_objective(projection):
     for maximize in (False, True):
         model = _mixed_model()
         opt = GLRAMSGD(model, lr=0.05, momentum=0.9, weight_decay=0.01, projection=projection, maximize=maximize)
-        for x in batches:
-            opt.zero_grad()
-            loss = model(x).pow(2).mean()
-            (-loss if maximize else loss).backward()
-            opt.step()
-        runs.append(model)
+        runs.append(_train_on(model, opt, batches, maximize))
     for a, b in zip(runs[0].parameters(), runs[1].parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
@@ -425,12 +430,7 @@ def test_end_to_end_sgd_maximize_and_tensor_lr():
         torch.manual_seed(1)
         model = torch.nn.Linear(5, 3)
         opt = EndToEndSGD(model.parameters(), lr=lr, depth=3, maximize=maximize)
-        for x in batches:
-            opt.zero_grad()
-            loss = model(x).pow(2).mean()
-            (-loss if maximize else loss).backward()
-            opt.step()
-        runs.append(model)
+        runs.append(_train_on(model, opt, batches, maximize))
     for a, b in zip(runs[0].parameters(), runs[1].parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 

@@ -51,13 +51,16 @@ TORCH_LIBRARY(quadnet, m) {
         TORCH_FN(quadnet::ops::diagonal_canonical_form_composite), kPt2Compliant);
 }
 
-TORCH_LIBRARY_IMPL(quadnet, CompositeExplicitAutograd, m) {
-  m.impl("quadratic_form", TORCH_FN(quadnet::ops::quadratic_form_composite));
-  m.impl("_quadratic_form_forward", TORCH_FN(quadnet::ops::quadratic_form_forward_composite));
-  m.impl("_quadratic_form_backward", TORCH_FN(quadnet::ops::quadratic_form_backward_composite));
-  m.impl("quadratic_features", TORCH_FN(quadnet::ops::quadratic_features_composite));
+// The ops with kernels of their own (CPU, Meta, Autograd): their ATen compositions, also what
+// vmap runs (FuncTorchBatched, below).
+#define QUADNET_REGISTER_EXPLICIT_COMPOSITES                                                            \
+  m.impl("quadratic_form", TORCH_FN(quadnet::ops::quadratic_form_composite));                           \
+  m.impl("_quadratic_form_forward", TORCH_FN(quadnet::ops::quadratic_form_forward_composite));          \
+  m.impl("_quadratic_form_backward", TORCH_FN(quadnet::ops::quadratic_form_backward_composite));        \
+  m.impl("quadratic_features", TORCH_FN(quadnet::ops::quadratic_features_composite));                   \
   m.impl("_quadratic_features_backward", TORCH_FN(quadnet::ops::quadratic_features_backward_composite));
-}
+
+TORCH_LIBRARY_IMPL(quadnet, CompositeExplicitAutograd, m) { QUADNET_REGISTER_EXPLICIT_COMPOSITES }
 
 // quadratic_features' CPU kernels: the same formulas, tiled so the per-vector products stay in
 // cache (ops/quadratic_conv.cpp); other devices use the composite kernels.
@@ -98,11 +101,7 @@ TORCH_LIBRARY_IMPL(quadnet, AutocastCUDA, m) { QUADNET_REGISTER_AUTOCAST(c10::De
 
 // vmap: the ATen compositions run on the batched tensors (the argument checks see per-sample shapes).
 TORCH_LIBRARY_IMPL(quadnet, FuncTorchBatched, m) {
-  m.impl("quadratic_form", TORCH_FN(quadnet::ops::quadratic_form_composite));
-  m.impl("_quadratic_form_forward", TORCH_FN(quadnet::ops::quadratic_form_forward_composite));
-  m.impl("_quadratic_form_backward", TORCH_FN(quadnet::ops::quadratic_form_backward_composite));
-  m.impl("quadratic_features", TORCH_FN(quadnet::ops::quadratic_features_composite));
-  m.impl("_quadratic_features_backward", TORCH_FN(quadnet::ops::quadratic_features_backward_composite));
+  QUADNET_REGISTER_EXPLICIT_COMPOSITES
   m.impl("diagonal_quadratic_form", TORCH_FN(quadnet::ops::diagonal_quadratic_form_composite));
   m.impl("quadratic_conv2d", TORCH_FN(quadnet::ops::quadratic_conv2d_composite));
   m.impl("diagonal_quadratic_conv2d", TORCH_FN(quadnet::ops::diagonal_quadratic_conv2d_composite));
@@ -110,3 +109,4 @@ TORCH_LIBRARY_IMPL(quadnet, FuncTorchBatched, m) {
   m.impl("canonical_form", TORCH_FN(quadnet::ops::canonical_form_composite));
   m.impl("diagonal_canonical_form", TORCH_FN(quadnet::ops::diagonal_canonical_form_composite));
 }
+#undef QUADNET_REGISTER_EXPLICIT_COMPOSITES
