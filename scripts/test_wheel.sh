@@ -6,6 +6,9 @@
 #   2. installed, without an index, into a separate venv that holds only that torch (build/wheel/venv,
 #      kept between runs; the wheel is reinstalled every time);
 #   3. used from outside the source tree: import, forward, backward, a GLRAMSGD step, export;
+#      and its C++ package (libquadnet.so, headers, CMake config at quadnet.utils.cmake_prefix_path):
+#      the example app built against it alone (LibTorch found beside it), then the C++ interop tests
+#      (state dicts, TorchScript, AOTInductor) run with that app (build/wheel/app);
 #   4. the sdist (setup.py sdist: plain version, torch>=2.6): installed into the same venv with
 #      pip install --no-build-isolation (compiled there against its torch), the smoke test again;
 #      and refused with the fix named in a venv without torch.
@@ -53,6 +56,21 @@ smoke_test() {
 }
 echo "== smoke test of the wheel, outside the source tree"
 smoke_test
+echo "== the C++ package in the wheel: the example app built against it"
+WHEEL_CMAKE="$(cd /tmp && "$VENV/bin/python" -c 'import quadnet; print(quadnet.utils.cmake_prefix_path)')"
+case "$WHEEL_CMAKE" in "$VENV"/*) ;; *) echo "cmake_prefix_path $WHEEL_CMAKE is not in $VENV"; exit 1 ;; esac
+rm -rf "$OUT/app"
+cmake -S examples/cpp -B "$OUT/app" -G Ninja -DCMAKE_PREFIX_PATH="$WHEEL_CMAKE" > "$OUT/app-configure.log" 2>&1 \
+  || { cat "$OUT/app-configure.log"; exit 1; }
+grep -E "^(quadnet|Torch)_DIR" "$OUT/app/CMakeCache.txt" | sed 's/^/   /'
+# LibTorch found beside the wheel's quadnet, not the one the wheel was built against
+grep -q "^Torch_DIR:PATH=$VENV/" "$OUT/app/CMakeCache.txt" || { echo "Torch not found in $VENV"; exit 1; }
+cmake --build "$OUT/app" > "$OUT/app-build.log" || { cat "$OUT/app-build.log"; exit 1; }
+LINKED="$(ldd "$OUT/app/quadnet_app" | grep -o '/[^ ]*libquadnet[^ ]*')"
+echo "   quadnet_app links $LINKED"
+case "$LINKED" in "$VENV"/*) ;; *) echo "the app does not link the wheel's libquadnet"; exit 1 ;; esac
+echo "== the C++ interop tests with that app"
+QUADNET_APP="$OUT/app/quadnet_app" "$DEV" -m pytest -q -p no:cacheprovider tests/python/test_cpp_interop.py
 
 echo "== the sdist"
 rm -rf "$OUT/sdist"

@@ -39,11 +39,12 @@ from . import (  # noqa: E402
     ops,
     optim,
     serialize,
+    utils,
 )
 from .nn import collapse, overparameterize  # noqa: E402
 from .serialize import load_exported, load_state_dict, save_state_dict  # noqa: E402
 
 _decompositions.register()  # ATen decompositions for torch.onnx.export
 
-__all__ = ["linalg", "nn", "ops", "optim", "serialize", "save_state_dict", "load_state_dict", "load_exported",
+__all__ = ["linalg", "nn", "ops", "optim", "serialize", "utils", "save_state_dict", "load_state_dict", "load_exported",
            "overparameterize", "collapse"]
