@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes the checkout ready to use, from nothing, on Debian 12:
 #   1. Debian packages that only Debian provides (compilers, CMake, ninja, ccache, GoogleTest,
-#      zlib, the Fashion-MNIST data set);
+#      zlib, clang-format, the Fashion-MNIST data set);
 #   2. a Python venv (.venv) on the machine's python3, with torch installed first and pinned
 #      (QUADNET_TORCH, default torch==2.13.0: an unpinned torch from PyPI is a CUDA build of
 #      several GB), then the pinned Python dependencies of requirements.txt;
@@ -14,7 +14,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-PACKAGES=(g++ cmake ninja-build ccache libgtest-dev zlib1g-dev dataset-fashion-mnist)
+PACKAGES=(g++ cmake ninja-build ccache libgtest-dev zlib1g-dev clang-format dataset-fashion-mnist)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

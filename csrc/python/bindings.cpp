@@ -38,33 +38,34 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       .def_readonly("objective", &GLRAMResult::objective)
       .def_readonly("iterations", &GLRAMResult::iterations)
       .def_readonly("converged", &GLRAMResult::converged);
-  linalg.def("glram",
-             [](const torch::Tensor& A, int64_t rank, double tol, int64_t max_iter,
-                c10::optional<torch::Tensor> init, const std::string& solver) {
-               return quadnet::linalg::glram(
-                   A, rank, glram_options(tol, max_iter, solver).init(init.value_or(torch::Tensor())));
-             },
-             py::arg("A"), py::arg("rank"), py::arg("tol"), py::arg("max_iter"), py::arg("init"), py::arg("solver"),
-             py::call_guard<py::gil_scoped_release>());
-  linalg.def("projected_step",
-             [](const torch::Tensor& weight, const torch::Tensor& S, const torch::Tensor& X,
-                const torch::Tensor& G, double lr, double tol, int64_t max_iter,
-                const std::string& solver) {
-               return quadnet::linalg::projected_step(weight, S, X, G, lr, glram_options(tol, max_iter, solver));
-             },
-             py::arg("weight"), py::arg("S"), py::arg("X"), py::arg("G"), py::arg("lr"), py::arg("tol"),
-             py::arg("max_iter"), py::arg("solver"), py::call_guard<py::gil_scoped_release>());
+  linalg.def(
+      "glram",
+      [](const torch::Tensor& A, int64_t rank, double tol, int64_t max_iter, c10::optional<torch::Tensor> init,
+         const std::string& solver) {
+        return quadnet::linalg::glram(A, rank,
+                                      glram_options(tol, max_iter, solver).init(init.value_or(torch::Tensor())));
+      },
+      py::arg("A"), py::arg("rank"), py::arg("tol"), py::arg("max_iter"), py::arg("init"), py::arg("solver"),
+      py::call_guard<py::gil_scoped_release>());
+  linalg.def(
+      "projected_step",
+      [](const torch::Tensor& weight, const torch::Tensor& S, const torch::Tensor& X, const torch::Tensor& G, double lr,
+         double tol, int64_t max_iter, const std::string& solver) {
+        return quadnet::linalg::projected_step(weight, S, X, G, lr, glram_options(tol, max_iter, solver));
+      },
+      py::arg("weight"), py::arg("S"), py::arg("X"), py::arg("G"), py::arg("lr"), py::arg("tol"), py::arg("max_iter"),
+      py::arg("solver"), py::call_guard<py::gil_scoped_release>());
 
-  linalg.def("tangent_step",
-             [](const torch::Tensor& weight, const torch::Tensor& S, const torch::Tensor& weight_grad,
-                const torch::Tensor& S_grad, double lr, double tol, int64_t max_iter, const std::string& solver) {
-               return quadnet::linalg::tangent_step(weight, S, weight_grad, S_grad, lr,
-                                                    glram_options(tol, max_iter, solver));
-             },
-             py::arg("weight"), py::arg("S"), py::arg("weight_grad"), py::arg("S_grad"), py::arg("lr"),
-             py::arg("tol"), py::arg("max_iter"), py::arg("solver"), py::call_guard<py::gil_scoped_release>());
-  linalg.def("tangent_step_unavailable", &quadnet::linalg::tangent_step_unavailable, py::arg("weight"),
-             py::arg("S"), py::call_guard<py::gil_scoped_release>());
+  linalg.def(
+      "tangent_step",
+      [](const torch::Tensor& weight, const torch::Tensor& S, const torch::Tensor& weight_grad,
+         const torch::Tensor& S_grad, double lr, double tol, int64_t max_iter, const std::string& solver) {
+        return quadnet::linalg::tangent_step(weight, S, weight_grad, S_grad, lr, glram_options(tol, max_iter, solver));
+      },
+      py::arg("weight"), py::arg("S"), py::arg("weight_grad"), py::arg("S_grad"), py::arg("lr"), py::arg("tol"),
+      py::arg("max_iter"), py::arg("solver"), py::call_guard<py::gil_scoped_release>());
+  linalg.def("tangent_step_unavailable", &quadnet::linalg::tangent_step_unavailable, py::arg("weight"), py::arg("S"),
+             py::call_guard<py::gil_scoped_release>());
 
   // The one definition of every default (C++), read by the Python signatures.
   const quadnet::linalg::GLRAMOptions glram_defaults;
@@ -92,85 +93,93 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   end_to_end_sgd_defaults["depth"] = end_to_end_defaults.depth();
   end_to_end_sgd_defaults["maximize"] = end_to_end_defaults.maximize();
   optim.attr("END_TO_END_SGD_DEFAULTS") = end_to_end_sgd_defaults;
-  optim.def("needs_batch",
-            [](const std::string& projection, const torch::Tensor& weight, const torch::Tensor& S, bool convolution) {
-              return quadnet::optim::needs_batch(projection, {weight, S, {}, {}, convolution});
-            },
-            py::arg("projection"), py::arg("weight"), py::arg("S"), py::arg("convolution"),
-            py::call_guard<py::gil_scoped_release>());
-  optim.def("check_options", [](const py::dict& group) { quadnet::optim::check_options(glram_sgd_options(group)); },
-            py::arg("group"));
+  optim.def(
+      "needs_batch",
+      [](const std::string& projection, const torch::Tensor& weight, const torch::Tensor& S, bool convolution) {
+        return quadnet::optim::needs_batch(projection, {weight, S, {}, {}, convolution});
+      },
+      py::arg("projection"), py::arg("weight"), py::arg("S"), py::arg("convolution"),
+      py::call_guard<py::gil_scoped_release>());
+  optim.def(
+      "check_options", [](const py::dict& group) { quadnet::optim::check_options(glram_sgd_options(group)); },
+      py::arg("group"));
   using GroupArg = std::tuple<std::vector<torch::Tensor>, std::vector<c10::optional<torch::Tensor>>, py::dict>;
   // (weight, S, X, G, convolution, create_graph): ProjectedBatch
-  using LayerArg = std::tuple<torch::Tensor, torch::Tensor, c10::optional<torch::Tensor>,
-                              c10::optional<torch::Tensor>, bool, bool>;
+  using LayerArg =
+      std::tuple<torch::Tensor, torch::Tensor, c10::optional<torch::Tensor>, c10::optional<torch::Tensor>, bool, bool>;
   // One whole step: every update computed and checked (throws: nothing written), then written
   // (projected values copied, SGD updates in place); returns (momentum buffers, projections,
   // needs_batch).
-  optim.def("glram_sgd_step",
-            [](const std::vector<GroupArg>& groups, const std::vector<LayerArg>& layers) {
-              std::vector<quadnet::optim::StepGroup> step_groups;
-              for (const auto& group : groups) {
-                quadnet::optim::StepGroup step_group{std::get<0>(group), {}, glram_sgd_options(std::get<2>(group))};
-                for (const auto& buffer : std::get<1>(group)) step_group.momentum_buffers.push_back(buffer.value_or(torch::Tensor()));
-                step_groups.push_back(std::move(step_group));
-              }
-              std::vector<quadnet::optim::ProjectedBatch> batches;
-              for (const auto& layer : layers) {
-                batches.push_back({std::get<0>(layer), std::get<1>(layer), std::get<2>(layer).value_or(torch::Tensor()),
-                                   std::get<3>(layer).value_or(torch::Tensor()), std::get<4>(layer),
-                                   std::get<5>(layer)});
-              }
-              py::gil_scoped_release release;
-              auto updates = quadnet::optim::glram_sgd_updates(step_groups, batches);
-              auto buffers = quadnet::optim::apply_step_updates(updates);
-              return std::make_tuple(buffers, updates.projections, updates.needs_batch);
-            },
-            py::arg("groups"), py::arg("layers"));
+  optim.def(
+      "glram_sgd_step",
+      [](const std::vector<GroupArg>& groups, const std::vector<LayerArg>& layers) {
+        std::vector<quadnet::optim::StepGroup> step_groups;
+        for (const auto& group : groups) {
+          quadnet::optim::StepGroup step_group{std::get<0>(group), {}, glram_sgd_options(std::get<2>(group))};
+          for (const auto& buffer : std::get<1>(group))
+            step_group.momentum_buffers.push_back(buffer.value_or(torch::Tensor()));
+          step_groups.push_back(std::move(step_group));
+        }
+        std::vector<quadnet::optim::ProjectedBatch> batches;
+        for (const auto& layer : layers) {
+          batches.push_back({std::get<0>(layer), std::get<1>(layer), std::get<2>(layer).value_or(torch::Tensor()),
+                             std::get<3>(layer).value_or(torch::Tensor()), std::get<4>(layer), std::get<5>(layer)});
+        }
+        py::gil_scoped_release release;
+        auto updates = quadnet::optim::glram_sgd_updates(step_groups, batches);
+        auto buffers = quadnet::optim::apply_step_updates(updates);
+        return std::make_tuple(buffers, updates.projections, updates.needs_batch);
+      },
+      py::arg("groups"), py::arg("layers"));
   optim.def("end_to_end_direction", &quadnet::optim::end_to_end_direction, py::arg("weight"), py::arg("grad"),
             py::arg("depth"));
-  optim.def("end_to_end_update", &quadnet::optim::end_to_end_update, py::arg("weight"), py::arg("grad"),
-            py::arg("lr"), py::arg("depth"));
+  optim.def("end_to_end_update", &quadnet::optim::end_to_end_update, py::arg("weight"), py::arg("grad"), py::arg("lr"),
+            py::arg("depth"));
 
   auto nn = m.def_submodule("nn", "module helpers");
-  nn.def("check_layer_sizes",
-         [](const std::string& module, int64_t in, int64_t out, int64_t rank, bool rank_at_most_in) {
-           quadnet::nn::check_layer_sizes(module.c_str(), in, out, rank, rank_at_most_in);
-         },
-         py::arg("module"), py::arg("in_features"), py::arg("out_features"), py::arg("rank"),
-         py::arg("rank_at_most_in_features"));
-  nn.def("check_conv_options",
-         [](const std::string& module, int64_t in, int64_t out, std::vector<int64_t> kernel_size, int64_t rank,
-            std::vector<int64_t> stride, std::vector<int64_t> padding, std::vector<int64_t> dilation,
-            bool rank_at_most_patch) {
-           auto options = quadnet::nn::QuadraticConv2dOptions(in, out, torch::IntArrayRef(kernel_size), rank)
-                              .stride(torch::IntArrayRef(stride))
-                              .padding(torch::IntArrayRef(padding))
-                              .dilation(torch::IntArrayRef(dilation));
-           quadnet::nn::check_conv_options(module.c_str(), options, rank_at_most_patch);
-         },
-         py::arg("module"), py::arg("in_channels"), py::arg("out_channels"), py::arg("kernel_size"), py::arg("rank"),
-         py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("rank_at_most_patch"));
+  nn.def(
+      "check_layer_sizes",
+      [](const std::string& module, int64_t in, int64_t out, int64_t rank, bool rank_at_most_in) {
+        quadnet::nn::check_layer_sizes(module.c_str(), in, out, rank, rank_at_most_in);
+      },
+      py::arg("module"), py::arg("in_features"), py::arg("out_features"), py::arg("rank"),
+      py::arg("rank_at_most_in_features"));
+  nn.def(
+      "check_conv_options",
+      [](const std::string& module, int64_t in, int64_t out, std::vector<int64_t> kernel_size, int64_t rank,
+         std::vector<int64_t> stride, std::vector<int64_t> padding, std::vector<int64_t> dilation,
+         bool rank_at_most_patch) {
+        auto options = quadnet::nn::QuadraticConv2dOptions(in, out, torch::IntArrayRef(kernel_size), rank)
+                           .stride(torch::IntArrayRef(stride))
+                           .padding(torch::IntArrayRef(padding))
+                           .dilation(torch::IntArrayRef(dilation));
+        quadnet::nn::check_conv_options(module.c_str(), options, rank_at_most_patch);
+      },
+      py::arg("module"), py::arg("in_channels"), py::arg("out_channels"), py::arg("kernel_size"), py::arg("rank"),
+      py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("rank_at_most_patch"));
   // Called from the Python layers' autograd hooks (the C++ layers' hooks call it directly).
   nn.def("backward_accumulates_into", &quadnet::nn::backward_accumulates_into, py::arg("param"));
   nn.def("diagonal_parameters", &quadnet::nn::diagonal_parameters, py::arg("weight"), py::arg("S"));
-  nn.def("init_quadratic_layer_",
-         [](torch::Tensor weight, torch::Tensor S, c10::optional<torch::Tensor> bias) {
-           auto b = bias.value_or(torch::Tensor());
-           quadnet::nn::init::quadratic_layer_(weight, S, b);
-         },
-         py::arg("weight"), py::arg("S"), py::arg("bias"));
-  nn.def("init_diagonal_quadratic_layer_",
-         [](torch::Tensor weight, torch::Tensor alpha, c10::optional<torch::Tensor> bias) {
-           auto b = bias.value_or(torch::Tensor());
-           quadnet::nn::init::diagonal_quadratic_layer_(weight, alpha, b);
-         },
-         py::arg("weight"), py::arg("alpha"), py::arg("bias"));
-  nn.def("init_overparam_linear_",
-         [](std::vector<torch::Tensor> factors, c10::optional<torch::Tensor> bias, const std::string& init,
-            double init_scale, c10::optional<torch::Tensor> weight) {
-           quadnet::nn::init::overparam_linear_(std::move(factors), bias.value_or(torch::Tensor()), init, init_scale,
-                                                weight.value_or(torch::Tensor()));
-         },
-         py::arg("factors"), py::arg("bias"), py::arg("init"), py::arg("init_scale"), py::arg("weight"));
+  nn.def(
+      "init_quadratic_layer_",
+      [](torch::Tensor weight, torch::Tensor S, c10::optional<torch::Tensor> bias) {
+        auto b = bias.value_or(torch::Tensor());
+        quadnet::nn::init::quadratic_layer_(weight, S, b);
+      },
+      py::arg("weight"), py::arg("S"), py::arg("bias"));
+  nn.def(
+      "init_diagonal_quadratic_layer_",
+      [](torch::Tensor weight, torch::Tensor alpha, c10::optional<torch::Tensor> bias) {
+        auto b = bias.value_or(torch::Tensor());
+        quadnet::nn::init::diagonal_quadratic_layer_(weight, alpha, b);
+      },
+      py::arg("weight"), py::arg("alpha"), py::arg("bias"));
+  nn.def(
+      "init_overparam_linear_",
+      [](std::vector<torch::Tensor> factors, c10::optional<torch::Tensor> bias, const std::string& init,
+         double init_scale, c10::optional<torch::Tensor> weight) {
+        quadnet::nn::init::overparam_linear_(std::move(factors), bias.value_or(torch::Tensor()), init, init_scale,
+                                             weight.value_or(torch::Tensor()));
+      },
+      py::arg("factors"), py::arg("bias"), py::arg("init"), py::arg("init_scale"), py::arg("weight"));
 }

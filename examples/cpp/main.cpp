@@ -148,7 +148,8 @@ int main(int argc, char** argv) {
   try {
     torch::NoGradGuard no_grad;
     if ((args[0] == "aoti" || args[0] == "script") && args.size() == 4) {
-      if (args[0] == "aoti" && !ends_with(args[1], ".pt2")) throw std::runtime_error("aoti: MODEL must be a .pt2 package");
+      if (args[0] == "aoti" && !ends_with(args[1], ".pt2"))
+        throw std::runtime_error("aoti: MODEL must be a .pt2 package");
       save_tensor(load_model(args[1])(load_tensor(args[2])), args[3]);
     } else if (args[0] == "state-dict" && args.size() == 5) {
       auto model = build_from_spec(args[1]);

@@ -47,7 +47,8 @@ TEST(GLRAM, ObjectiveNeverIncreases) {
   auto M = torch::randn({6, 20, 20}, torch::kFloat64);
   auto A = M + M.transpose(1, 2);  // indefinite, full rank
   auto res = quadnet::linalg::glram(A, 4, GLRAMOptions().tol(0).max_iter(50));
-  auto diffs = res.objective.narrow(0, 1, res.objective.size(0) - 1) - res.objective.narrow(0, 0, res.objective.size(0) - 1);
+  auto diffs =
+      res.objective.narrow(0, 1, res.objective.size(0) - 1) - res.objective.narrow(0, 0, res.objective.size(0) - 1);
   EXPECT_LE(diffs.max().item<double>(), 0.0);
 }
 
@@ -155,7 +156,8 @@ TEST(GLRAM, RayleighRitzAgreesWithExactOnRandomProblems) {
       auto exact = quadnet::linalg::projected_step(W, S, X, G, 0.1, GLRAMOptions().max_iter(1000).solver("exact"));
       ASSERT_TRUE(fast.converged && exact.converged);
       const double f = fast.objective[-1].item<double>(), e = exact.objective[-1].item<double>();
-      EXPECT_NEAR(f, e, 1e-3 * e) << "(B, d, r, n) = (" << B << ", " << d << ", " << r << ", " << n << "), seed " << seed;
+      EXPECT_NEAR(f, e, 1e-3 * e) << "(B, d, r, n) = (" << B << ", " << d << ", " << r << ", " << n << "), seed "
+                                  << seed;
     }
   }
 }

@@ -84,8 +84,8 @@ TEST(EndToEnd, DirectionMatchesTheSumFormula) {
   for (auto shape : std::vector<std::vector<int64_t>>{{3, 5}, {5, 3}, {1, 6}}) {
     for (int64_t N : {1, 2, 3, 4}) {
       auto W = torch::randn(shape, kDouble), G = torch::randn(shape, kDouble);
-      EXPECT_TRUE(torch::allclose(quadnet::optim::end_to_end_direction(W, G, N), reference_direction(W, G, N), 1e-8,
-                                  1e-9))
+      EXPECT_TRUE(
+          torch::allclose(quadnet::optim::end_to_end_direction(W, G, N), reference_direction(W, G, N), 1e-8, 1e-9))
           << shape << " depth " << N;
     }
   }
@@ -93,7 +93,8 @@ TEST(EndToEnd, DirectionMatchesTheSumFormula) {
   for (auto shape : std::vector<std::vector<int64_t>>{{4, 5}, {6, 4}}) {
     auto W = torch::mm(torch::randn({shape[0], 1}, kDouble), torch::randn({1, shape[1]}, kDouble));
     auto G = torch::randn(shape, kDouble);
-    EXPECT_TRUE(torch::allclose(quadnet::optim::end_to_end_direction(W, G, 3), reference_direction(W, G, 3), 1e-8, 1e-9))
+    EXPECT_TRUE(
+        torch::allclose(quadnet::optim::end_to_end_direction(W, G, 3), reference_direction(W, G, 3), 1e-8, 1e-9))
         << shape;
   }
 }

@@ -17,8 +17,8 @@ TEST(PolynomialBlock, IsQuadraticPlusLinearSkip) {
   PolynomialBlock block(quadnet::nn::PolynomialBlockOptions(5, 3, 2).quadratic_norm(false));
   block->to(torch::kFloat64);
   auto x = torch::randn({4, 5}, torch::kFloat64);
-  auto expected = quadnet::quadratic_form(x, block->quadratic->weight, block->quadratic->S) +
-                  block->quadratic->bias + torch::mm(x, block->skip->weight.t());
+  auto expected = quadnet::quadratic_form(x, block->quadratic->weight, block->quadratic->S) + block->quadratic->bias +
+                  torch::mm(x, block->skip->weight.t());
   EXPECT_TRUE(torch::allclose(block->forward(x), expected, 1e-12, 1e-12));
   EXPECT_EQ(block->num_parameters(), 2 * 5 + 3 * 3 + 3 + 3 * 5);
 
@@ -43,8 +43,8 @@ TEST(PolynomialBlock, QuadraticNormIsTheDefaultAndNormalisesTheQuadraticTermAlon
   auto q = quadnet::quadratic_form(x, block->quadratic->weight, block->quadratic->S);
   auto mean = q.mean(0), var = q.var(0, /*unbiased=*/false);
   auto skip = torch::mm(x, block->skip->weight.t());
-  auto expected = (q - mean) / torch::sqrt(var + 1e-5) * block->quadratic_norm->weight +
-                  block->quadratic_norm->bias + skip;
+  auto expected =
+      (q - mean) / torch::sqrt(var + 1e-5) * block->quadratic_norm->weight + block->quadratic_norm->bias + skip;
   EXPECT_TRUE(torch::allclose(block->forward(x), expected, 1e-10, 1e-10));
   // eval: an affine map of the quadratic term with the running statistics
   block->eval();
@@ -62,16 +62,16 @@ TEST(DeepPolynomialNet, NamesDegreeCountAndForward) {
   DeepPolynomialNet net(std::vector<int64_t>{6, 4, 3}, std::vector<int64_t>{3, 2});
   std::vector<std::string> names;
   for (const auto& item : net->named_parameters()) names.push_back(item.key());
-  EXPECT_EQ(names, (std::vector<std::string>{"0.quadratic.weight", "0.quadratic.S", "0.quadratic_norm.weight",
-                                             "0.quadratic_norm.bias", "0.skip.weight", "1.quadratic.weight",
-                                             "1.quadratic.S", "1.quadratic_norm.weight", "1.quadratic_norm.bias",
-                                             "1.skip.weight"}));
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"0.quadratic.weight", "0.quadratic.S", "0.quadratic_norm.weight",
+                                      "0.quadratic_norm.bias", "0.skip.weight", "1.quadratic.weight", "1.quadratic.S",
+                                      "1.quadratic_norm.weight", "1.quadratic_norm.bias", "1.skip.weight"}));
   DeepPolynomialNet plain(DeepPolynomialNetOptions({6, 4, 3}, {3, 2}).quadratic_norm(false));
   names.clear();
   for (const auto& item : plain->named_parameters()) names.push_back(item.key());
-  EXPECT_EQ(names, (std::vector<std::string>{"0.quadratic.weight", "0.quadratic.S", "0.quadratic.bias",
-                                             "0.skip.weight", "1.quadratic.weight", "1.quadratic.S",
-                                             "1.quadratic.bias", "1.skip.weight"}));
+  EXPECT_EQ(names,
+            (std::vector<std::string>{"0.quadratic.weight", "0.quadratic.S", "0.quadratic.bias", "0.skip.weight",
+                                      "1.quadratic.weight", "1.quadratic.S", "1.quadratic.bias", "1.skip.weight"}));
   EXPECT_EQ(net->degree(), 4);
   EXPECT_EQ(net->num_parameters(), net[0]->num_parameters() + net[1]->num_parameters());
   auto x = torch::randn({5, 6});
@@ -126,7 +126,7 @@ TEST(DeepPolynomialNet, NormOnEveryBlockButTheLastMatchesPythonNames) {
   std::vector<std::string> buffers;
   for (const auto& item : net->named_buffers()) buffers.push_back(item.key());
   EXPECT_EQ(buffers.front(), "0.norm.running_mean");
-  net->eval();  // BatchNorm in eval mode: an affine map of the block output
+  net->eval();                       // BatchNorm in eval mode: an affine map of the block output
   auto x = torch::randn({2, 3, 6});  // leading dims are flattened for the norm
   auto h = net[0]->quadratic->forward(x) + net[0]->skip->forward(x);
   auto expected = (h - net[0]->norm->running_mean) / torch::sqrt(net[0]->norm->running_var + 1e-5);

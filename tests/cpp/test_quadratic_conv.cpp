@@ -1,5 +1,5 @@
-#include <gtest/gtest.h>
 #include <ATen/autocast_mode.h>
+#include <gtest/gtest.h>
 #include <torch/torch.h>
 
 #include <quadnet/quadnet.h>
@@ -74,12 +74,17 @@ TEST(QuadraticConv2d, CpuKernelsMatchTheFormulaOnManyTiles) {
 
 TEST(QuadraticConv2d, BadInputNamesTheArgument) {
   auto W = torch::randn({2, 3, 3, 3}), S = torch::randn({4, 2, 2});
-  EXPECT_NE(error_of([&] { quadnet::quadratic_conv2d(torch::randn({1, 4, 6, 6}), W, S); }).find("has 4 channels"),
+  EXPECT_NE(error_of([&] {
+              quadnet::quadratic_conv2d(torch::randn({1, 4, 6, 6}), W, S);
+            }).find("has 4 channels"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { quadnet::quadratic_conv2d(torch::randn({1, 3, 6, 6}), W, torch::randn({4, 3, 3})); })
-                .find("expected S of shape (out_channels, rank, rank)"),
+  EXPECT_NE(error_of([&] {
+              quadnet::quadratic_conv2d(torch::randn({1, 3, 6, 6}), W, torch::randn({4, 3, 3}));
+            }).find("expected S of shape (out_channels, rank, rank)"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { quadnet::quadratic_conv2d(torch::randn({1, 3, 6, 6}), W, S, 0); }).find("stride >= 1"),
+  EXPECT_NE(error_of([&] {
+              quadnet::quadratic_conv2d(torch::randn({1, 3, 6, 6}), W, S, 0);
+            }).find("stride >= 1"),
             std::string::npos);
   EXPECT_NE(error_of([] { QuadraticConv2d(0, 2, 3, 2); }).find("must be positive"), std::string::npos);
   EXPECT_NE(error_of([] { PolynomialConvBlock(PolynomialConvBlockOptions(2, 3, 3, 2)); }).find("1x1 skip needs"),
@@ -147,8 +152,8 @@ TEST(QuadraticConv2d, GLRAMSGDTakesTheTangentStep) {
   opt.zero_grad();
   conv->forward(x).square().mean().backward();
   auto W0 = conv->weight.detach().clone(), S0 = conv->S.detach().clone();
-  auto expected = quadnet::linalg::tangent_step(W0.flatten(1), S0, conv->weight.grad().flatten(1), conv->S.grad(),
-                                                0.01, quadnet::linalg::GLRAMOptions().tol(0).max_iter(20));
+  auto expected = quadnet::linalg::tangent_step(W0.flatten(1), S0, conv->weight.grad().flatten(1), conv->S.grad(), 0.01,
+                                                quadnet::linalg::GLRAMOptions().tol(0).max_iter(20));
   opt.step();
   auto W = conv->weight.detach().flatten(1);
   EXPECT_TRUE(torch::allclose(W, expected.weight, 0, 1e-12));

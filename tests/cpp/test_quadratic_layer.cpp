@@ -38,7 +38,7 @@ TEST(QuadraticForm, GradientsMatchAutogradComposition) {
 TEST(QuadraticForm, BatchDimsAndNonContiguous) {
   torch::manual_seed(2);
   auto x = torch::randn({2, 3, 8}).transpose(0, 1);  // non-contiguous (3, 2, 8)
-  auto W = torch::randn({8, 4}).t();                  // non-contiguous (4, 8)
+  auto W = torch::randn({8, 4}).t();                 // non-contiguous (4, 8)
   auto S = torch::randn({5, 4, 4});
   auto y = quadnet::quadratic_form(x, W, S);
   ASSERT_EQ(y.sizes(), (std::vector<int64_t>{3, 2, 5}));
@@ -49,14 +49,31 @@ TEST(QuadraticForm, BatchDimsAndNonContiguous) {
 TEST(QuadraticForm, BadInputNamesTheArgument) {
   auto W = torch::randn({3, 5}), S = torch::randn({2, 3, 3});
   auto message = [](auto&& fn) {
-    try { fn(); } catch (const c10::Error& e) { return std::string(e.what_without_backtrace()); }
+    try {
+      fn();
+    } catch (const c10::Error& e) {
+      return std::string(e.what_without_backtrace());
+    }
     return std::string("no error");
   };
-  EXPECT_NE(message([&] { quadnet::quadratic_form(torch::randn({4, 6}), W, S); }).find("x has 6 features"), std::string::npos);
-  EXPECT_NE(message([&] { quadnet::quadratic_form(torch::randn({4, 5}), W, torch::randn({2, 4, 4})); }).find("S of shape"), std::string::npos);
-  EXPECT_NE(message([&] { quadnet::quadratic_form(torch::randn({4, 5}), W, torch::randn({2, 3, 4})); }).find("square matrices S"), std::string::npos);
-  EXPECT_NE(message([&] { quadnet::quadratic_form(torch::randn({4, 5}, torch::kFloat64), W, S); }).find("weight to have the dtype of x"), std::string::npos);
-  EXPECT_NE(message([&] { quadnet::quadratic_form(torch::randn({}), W, S); }).find("expected x of shape"), std::string::npos);
+  EXPECT_NE(message([&] {
+              quadnet::quadratic_form(torch::randn({4, 6}), W, S);
+            }).find("x has 6 features"),
+            std::string::npos);
+  EXPECT_NE(message([&] {
+              quadnet::quadratic_form(torch::randn({4, 5}), W, torch::randn({2, 4, 4}));
+            }).find("S of shape"),
+            std::string::npos);
+  EXPECT_NE(message([&] {
+              quadnet::quadratic_form(torch::randn({4, 5}), W, torch::randn({2, 3, 4}));
+            }).find("square matrices S"),
+            std::string::npos);
+  EXPECT_NE(message([&] {
+              quadnet::quadratic_form(torch::randn({4, 5}, torch::kFloat64), W, S);
+            }).find("weight to have the dtype of x"),
+            std::string::npos);
+  EXPECT_NE(message([&] { quadnet::quadratic_form(torch::randn({}), W, S); }).find("expected x of shape"),
+            std::string::npos);
 }
 
 TEST(QuadraticLayer, ParametersCanonicalAndCount) {

@@ -101,12 +101,13 @@ TEST(TangentStep, DoesNotApplyOffTheModel) {
   EXPECT_NE(quadnet::linalg::tangent_step_unavailable(l.W, deficient).find("singular"), std::string::npos);
   EXPECT_NE(quadnet::linalg::tangent_step_unavailable(l.W, torch::zeros_like(l.S)).find("S is zero"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { quadnet::linalg::tangent_step(l.W, deficient, l.weight_grad, l.S_grad, 0.1); })
-                .find("needs the full projected step"),
+  EXPECT_NE(error_of([&] {
+              quadnet::linalg::tangent_step(l.W, deficient, l.weight_grad, l.S_grad, 0.1);
+            }).find("needs the full projected step"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { quadnet::linalg::tangent_step(l.W, l.S, l.weight_grad.t(), l.S_grad, 0.1); })
-                .find("weight_grad"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of([&] { quadnet::linalg::tangent_step(l.W, l.S, l.weight_grad.t(), l.S_grad, 0.1); }).find("weight_grad"),
+      std::string::npos);
 }
 
 // GLRAMSGD: the projected layer gets momentum in the tangent space (no bias: nothing else could

@@ -16,7 +16,6 @@ namespace quadnet {
 namespace linalg {
 namespace detail {
 
-
 // The eigenvectors of the r largest eigenvalues of a symmetric M (m × m), largest first.
 at::Tensor top_eigenvectors(const at::Tensor& M, int64_t r) {
   auto eig = at::linalg_eigh(M);  // ascending eigenvalues
@@ -164,8 +163,8 @@ void check_finite(const char* op, const char* name, const at::Tensor& t) {
 }
 
 void check_options(const char* op, const GLRAMOptions& options) {
-  TORCH_CHECK(options.tol() >= 0 && std::isfinite(options.tol()), op,
-              ": tol must be a finite number >= 0, got ", options.tol());
+  TORCH_CHECK(options.tol() >= 0 && std::isfinite(options.tol()), op, ": tol must be a finite number >= 0, got ",
+              options.tol());
   TORCH_CHECK(options.max_iter() >= 0, op, ": max_iter must be >= 0, got ", options.max_iter());
   TORCH_CHECK(options.solver() == "rayleigh_ritz" || options.solver() == "exact", op,
               ": solver must be \"rayleigh_ritz\" or \"exact\", got \"", options.solver(), "\"");
@@ -178,8 +177,8 @@ void check_rank(const char* op, int64_t rank, int64_t d) {
 void check_layer(const char* op, const at::Tensor& weight, const at::Tensor& S) {
   TORCH_CHECK(weight.dim() == 2, op, ": expected weight of shape (rank, d), got shape ", weight.sizes());
   const auto r = weight.size(0), d = weight.size(1);
-  TORCH_CHECK(S.dim() == 3 && S.size(1) == r && S.size(2) == r, op,
-              ": expected S of shape (n, rank=", r, ", rank=", r, "), got shape ", S.sizes());
+  TORCH_CHECK(S.dim() == 3 && S.size(1) == r && S.size(2) == r, op, ": expected S of shape (n, rank=", r, ", rank=", r,
+              "), got shape ", S.sizes());
   check_rank(op, r, d);
   utils::check_same_floating(op, {{"weight", weight}, {"S", S}});
   check_finite(op, "weight", weight);
@@ -213,8 +212,8 @@ GLRAMResult glram(const at::Tensor& A, int64_t rank, const GLRAMOptions& options
   const double sym_tol = A.scalar_type() == at::kDouble ? 1e-10 : 1e-4;
   auto skew = A64 - A64.transpose(1, 2);
   const double asym = std::max(skew.max().item<double>(), -skew.min().item<double>());
-  TORCH_CHECK(asym <= sym_tol * scale, op, ": A must be symmetric; max |A - A^T| = ", asym,
-              " exceeds ", sym_tol, " x max(1, max |A|)");
+  TORCH_CHECK(asym <= sym_tol * scale, op, ": A must be symmetric; max |A - A^T| = ", asym, " exceeds ", sym_tol,
+              " x max(1, max |A|)");
   A64 = skew.mul_(-0.5).add_(A64);  // A − (A − A^T)/2, the symmetric part
 
   at::Tensor V;

@@ -65,8 +65,8 @@ GLRAMResult glram(const at::Tensor& A, int64_t rank, const GLRAMOptions& options
 // matrix is then no larger than the n canonical matrices). A weight of rank < r (e.g. zero) has
 // no warm start: the iteration starts from the classic start instead. weight (r, d), S (n, r, r), X (B, d),
 // G = ∂ℓ/∂y (B, n). options.init must be unset (the warm start is `weight`).
-GLRAMResult projected_step(const at::Tensor& weight, const at::Tensor& S, const at::Tensor& X,
-                           const at::Tensor& G, double lr, const GLRAMOptions& options = {});
+GLRAMResult projected_step(const at::Tensor& weight, const at::Tensor& S, const at::Tensor& X, const at::Tensor& G,
+                           double lr, const GLRAMOptions& options = {});
 
 }  // namespace linalg
 }  // namespace quadnet

@@ -68,7 +68,8 @@ class FactoredCores {
     const auto B = G_.size(0);
     GG_ = at::mm(G_, G_.t());  // B × B
     total_ = factored_total(T.narrow(0, 0, r_).narrow(1, 0, r_), T.narrow(0, 0, r_).narrow(1, r_, B),
-                            T.narrow(0, r_, B).narrow(1, r_, B), S_, G_, lr_).first;
+                            T.narrow(0, r_, B).narrow(1, r_, B), S_, G_, lr_)
+                 .first;
   }
 
   double total() const { return total_; }
@@ -121,7 +122,14 @@ class LowRankMatrices {
   };
   // total: Σ_i ||A_i||_F^2 (factored_total of the Gram blocks of W and X).
   LowRankMatrices(at::Tensor W, at::Tensor S, at::Tensor X, at::Tensor G, double lr, double total)
-      : W_(std::move(W)), S_(S.contiguous()), X_(std::move(X)), G_(std::move(G)), lr_(lr), n_(S_.size(0)), r_(S_.size(1)), total_(total) {
+      : W_(std::move(W)),
+        S_(S.contiguous()),
+        X_(std::move(X)),
+        G_(std::move(G)),
+        lr_(lr),
+        n_(S_.size(0)),
+        r_(S_.size(1)),
+        total_(total) {
     S_rows_ = S_.permute({1, 0, 2}).reshape({r_, n_ * r_});
   }
 
@@ -237,7 +245,8 @@ std::optional<GLRAMResult> rayleigh_ritz_in_span(const LowRankMatrices& in_space
   const auto& R = std::get<0>(chol);
   // The warm start W^T R11^{-1} (R11 = R's leading r×r block, the Cholesky factor of W W^T)
   // must be orthonormal, checked as orthonormal_rows checks its basis.
-  auto start_rows = at::linalg_solve_triangular(R.narrow(0, 0, r).narrow(1, 0, r).t(), W, /*upper=*/false);  // R11^{-T} W
+  auto start_rows =
+      at::linalg_solve_triangular(R.narrow(0, 0, r).narrow(1, 0, r).t(), W, /*upper=*/false);  // R11^{-T} W
   if (!near_identity(at::mm(start_rows, start_rows.t()))) return std::nullopt;
   // The warm start: span W^T = Q span R1 = Q span[e_1 … e_r] (R upper triangular).
   auto result = rayleigh_ritz(in_space.in_coordinates(R), at::eye(k, r, T.options()), options);
@@ -254,15 +263,14 @@ std::optional<GLRAMResult> rayleigh_ritz_in_span(const LowRankMatrices& in_space
 
 }  // namespace
 
-GLRAMResult projected_step(const at::Tensor& weight, const at::Tensor& S, const at::Tensor& X,
-                           const at::Tensor& G, double lr, const GLRAMOptions& options) {
+GLRAMResult projected_step(const at::Tensor& weight, const at::Tensor& S, const at::Tensor& X, const at::Tensor& G,
+                           double lr, const GLRAMOptions& options) {
   constexpr const char* op = "projected_step";
   check_layer(op, weight, S);
   const auto r = weight.size(0), d = weight.size(1), n = S.size(0);
-  TORCH_CHECK(X.dim() == 2 && X.size(1) == d, op, ": expected X of shape (batch, d=", d,
-              "), got shape ", X.sizes());
-  TORCH_CHECK(G.dim() == 2 && G.size(0) == X.size(0) && G.size(1) == n, op,
-              ": expected G of shape (batch=", X.size(0), ", n=", n, "), got shape ", G.sizes());
+  TORCH_CHECK(X.dim() == 2 && X.size(1) == d, op, ": expected X of shape (batch, d=", d, "), got shape ", X.sizes());
+  TORCH_CHECK(G.dim() == 2 && G.size(0) == X.size(0) && G.size(1) == n, op, ": expected G of shape (batch=", X.size(0),
+              ", n=", n, "), got shape ", G.sizes());
   utils::check_same_floating(op, {{"weight", weight}, {"X", X}, {"G", G}});
   TORCH_CHECK(std::isfinite(lr), op, ": lr must be finite, got ", lr);
   TORCH_CHECK(!options.init().defined(), op, ": the warm start is `weight`; options.init must be unset");

@@ -76,7 +76,8 @@ GLRAMResult alternate(const Problem& problem, const at::Tensor& V, const GLRAMOp
     return Point{std::move(state), f};
   };
   auto propose = [&problem, &score, r](const Point& point) {
-    return [&problem, &score, &point, r](double shift) { return score(problem.at(problem.top(point.state, r, shift))); };
+    return
+        [&problem, &score, &point, r](double shift) { return score(problem.at(problem.top(point.state, r, shift))); };
   };
   GLRAMResult result;
   const auto end = iterate(score(problem.at(V)), problem.total(), options, propose, result);

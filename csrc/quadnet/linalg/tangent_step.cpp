@@ -33,9 +33,12 @@ constexpr const char* kOp = "tangent_step";
 // Σ_i S_i² below this × its largest eigenvalue counts as singular (tangent_step_unavailable).
 double singular_tol(at::ScalarType dtype) {
   double eps = DBL_EPSILON;
-  if (dtype == at::kFloat) eps = FLT_EPSILON;
-  else if (dtype == at::kHalf) eps = 9.765625e-4;
-  else if (dtype == at::kBFloat16) eps = 7.8125e-3;
+  if (dtype == at::kFloat)
+    eps = FLT_EPSILON;
+  else if (dtype == at::kHalf)
+    eps = 9.765625e-4;
+  else if (dtype == at::kBFloat16)
+    eps = 7.8125e-3;
   // The step works in float64: directions of S down to ε ~ 1e-7 (ε² ~ 100·eps64) stay accurate.
   return std::min(std::max(1e4 * eps * eps, 100 * DBL_EPSILON), 1e-8);
 }
@@ -207,8 +210,7 @@ Frame frame_of(const at::Tensor& W, const at::Tensor& S) {
   return {Q.t(), sandwich(P, S, P), I, I, P};
 }
 
-constexpr const char* kDependentRowsReason =
-    "the weight's rows are linearly dependent (rank < r, e.g. a zero weight)";
+constexpr const char* kDependentRowsReason = "the weight's rows are linearly dependent (rank < r, e.g. a zero weight)";
 
 }  // namespace
 
@@ -237,16 +239,15 @@ TangentUpdateResult tangent_update(const at::Tensor& weight, const at::Tensor& S
   const bool has_buffer = momentum_buffer.defined();
   if (has_buffer) {
     TORCH_CHECK(momentum_buffer.dW.sizes() == weight.sizes() && momentum_buffer.dS.sizes() == S.sizes(), kOp,
-                ": expected a momentum buffer of the parameters' shapes (", weight.sizes(), ", ", S.sizes(),
-                "), got (", momentum_buffer.dW.sizes(), ", ", momentum_buffer.dS.sizes(), ")");
+                ": expected a momentum buffer of the parameters' shapes (", weight.sizes(), ", ", S.sizes(), "), got (",
+                momentum_buffer.dW.sizes(), ", ", momentum_buffer.dS.sizes(), ")");
     check_finite(kOp, "momentum_buffer.dW", momentum_buffer.dW);
     check_finite(kOp, "momentum_buffer.dS", momentum_buffer.dS);
   }
-  const double lr = options.lr(), wd = options.weight_decay(), mu = options.momentum(),
-               damp = options.dampening();
+  const double lr = options.lr(), wd = options.weight_decay(), mu = options.momentum(), damp = options.dampening();
   TORCH_CHECK(std::isfinite(lr) && lr >= 0, kOp, ": lr must be a finite number >= 0, got ", lr);
-  TORCH_CHECK(wd >= 0 && mu >= 0 && damp >= 0, kOp, ": weight_decay, momentum and dampening must be >= 0, got ",
-              wd, ", ", mu, ", ", damp);
+  TORCH_CHECK(wd >= 0 && mu >= 0 && damp >= 0, kOp, ": weight_decay, momentum and dampening must be >= 0, got ", wd,
+              ", ", mu, ", ", damp);
   TORCH_CHECK(!options.nesterov() || (mu > 0 && damp == 0), kOp,
               ": nesterov momentum requires a momentum > 0 and zero dampening");
   TORCH_CHECK(!options.glram().init().defined(), kOp, ": the warm start is `weight`; glram.init must be unset");
@@ -312,14 +313,14 @@ TangentUpdateResult tangent_update(const at::Tensor& weight, const at::Tensor& S
   auto cN = orthogonal_part(span, cV, step.cN);
   auto cQ = orthonormal_columns(span, at::mm(cN, squares.vectors));
   const auto q = cQ.size(1);
-  auto cU = at::cat({cV, cQ}, 1);  // m × (r + q)
-  auto UKS = at::matmul(span.inner(cU, cN), LS);  // U^T K S_i ((r + q) × r each)
+  auto cU = at::cat({cV, cQ}, 1);                                                   // m × (r + q)
+  auto UKS = at::matmul(span.inner(cU, cN), LS);                                    // U^T K S_i ((r + q) × r each)
   auto aU = at::cat({at::eye(r, R.options()), at::zeros({q, r}, R.options())}, 0);  // U^T V
   auto T = Sf - step.dS * lr;
   auto C = sandwich(aU, T, aU) - (at::matmul(UKS, aU.t()) + at::matmul(aU, UKS.transpose(1, 2))) * lr;
   auto projection = glram_float64(symmetric_part(C), r, aU, options.glram());
   auto cW_new = at::mm(cU, projection.weight.t());  // V' = U Y
-  auto W_new = span.rows(cW_new);                    // (r × d)
+  auto W_new = span.rows(cW_new);                   // (r × d)
   auto S_new = projection.S;
   check_finite(kOp, "the new weight", W_new);
   check_finite(kOp, "the new S", S_new);

@@ -39,17 +39,17 @@ struct TangentUpdateOptions {
   TORCH_ARG(double, weight_decay) = 0;  // d = P_T(G) + weight_decay · A (a tangent vector)
   TORCH_ARG(double, momentum) = 0;      // b ← momentum · b + (1 − dampening) · d (b = d at first)
   TORCH_ARG(double, dampening) = 0;
-  TORCH_ARG(bool, nesterov) = false;    // step along d + momentum · b instead of b
-  TORCH_ARG(GLRAMOptions, glram);       // the 2r-sized projection back onto the model
+  TORCH_ARG(bool, nesterov) = false;  // step along d + momentum · b instead of b
+  TORCH_ARG(GLRAMOptions, glram);     // the 2r-sized projection back onto the model
 };
 
 struct TangentUpdateResult {
   // Non-empty: the tangent step does not apply at (weight, S) (tangent_step_unavailable's reason),
   // and nothing else is set.
   std::string unavailable;
-  GLRAMResult projection;        // the new weight (orthonormal rows) and S, the GLRAM trace
-  TangentVector momentum_buffer; // b at the new point; undefined when momentum = 0
-  std::string unavailable_after; // tangent_step_unavailable at the new point
+  GLRAMResult projection;         // the new weight (orthonormal rows) and S, the GLRAM trace
+  TangentVector momentum_buffer;  // b at the new point; undefined when momentum = 0
+  std::string unavailable_after;  // tangent_step_unavailable at the new point
 };
 
 // One tangent-space projected step of a quadratic layer from its parameters and gradients (no

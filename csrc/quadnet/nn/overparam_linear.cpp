@@ -71,11 +71,11 @@ void overparam_linear_(std::vector<torch::Tensor> factors, torch::Tensor bias, c
   } else {
     TORCH_CHECK(init == "balanced" || init == "identity", op,
                 ": init must be \"balanced\" or \"identity\" (or a given weight), got \"", init, "\"");
-    TORCH_CHECK(depth == 1 || width >= std::min(in, out), op, ": init=\"", init, "\" needs width >= ",
-                "min(in_features, out_features) = ", std::min(in, out), ", got width=", width);
+    TORCH_CHECK(depth == 1 || width >= std::min(in, out), op, ": init=\"", init,
+                "\" needs width >= ", "min(in_features, out_features) = ", std::min(in, out), ", got width=", width);
     if (init == "balanced") {
-      TORCH_CHECK(std::isfinite(init_scale) && init_scale >= 0, op,
-                  ": init_scale must be a finite number >= 0, got ", init_scale);
+      TORCH_CHECK(std::isfinite(init_scale) && init_scale >= 0, op, ": init_scale must be a finite number >= 0, got ",
+                  init_scale);
       values = balanced_factors((at::randn({out, in}) * init_scale).to(at::kDouble), depth, width);
     } else {
       for (const auto& f : factors) values.push_back(at::eye(f.size(0), f.size(1)));
@@ -98,15 +98,15 @@ OverparamLinearImpl::OverparamLinearImpl(const OverparamLinearOptions& options_)
 
 void OverparamLinearImpl::reset() {
   const auto in = options.in_features(), out = options.out_features();
-  TORCH_CHECK(in > 0 && out > 0, "OverparamLinear: in_features and out_features must be positive, got in_features=",
-              in, ", out_features=", out);
+  TORCH_CHECK(in > 0 && out > 0, "OverparamLinear: in_features and out_features must be positive, got in_features=", in,
+              ", out_features=", out);
   TORCH_CHECK(options.depth() >= 1, "OverparamLinear: depth must be >= 1, got ", options.depth());
   TORCH_CHECK(options.width() >= 0, "OverparamLinear: width must be positive (or 0 for the default), got ",
               options.width());
   if (options.weight().defined()) {
     TORCH_CHECK(options.weight().dim() == 2 && options.weight().size(0) == out && options.weight().size(1) == in,
-                "OverparamLinear: expected weight of shape (out_features=", out, ", in_features=", in,
-                "), got shape ", options.weight().sizes());
+                "OverparamLinear: expected weight of shape (out_features=", out, ", in_features=", in, "), got shape ",
+                options.weight().sizes());
   }
   factors = register_module("factors", torch::nn::ParameterList());
   const auto w = width();
@@ -154,7 +154,8 @@ torch::Tensor OverparamLinearImpl::forward(const torch::Tensor& x) {
 }
 
 torch::nn::Linear OverparamLinearImpl::collapse() const {
-  torch::nn::Linear linear(torch::nn::LinearOptions(options.in_features(), options.out_features()).bias(bias.defined()));
+  torch::nn::Linear linear(
+      torch::nn::LinearOptions(options.in_features(), options.out_features()).bias(bias.defined()));
   torch::NoGradGuard no_grad;
   auto weight = end_to_end();
   linear->to(weight.device(), weight.scalar_type());

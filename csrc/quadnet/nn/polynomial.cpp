@@ -15,8 +15,7 @@ PolynomialBlockImpl::PolynomialBlockImpl(const PolynomialBlockOptions& options_)
 void PolynomialBlockImpl::reset() {
   // Same construction order as Python (quadratic, its norm, then skip): same RNG stream, same init.
   quadratic = register_module(
-      "quadratic", QuadraticLayer(QuadraticLayerOptions(options.in_features(), options.out_features(),
-                                                        options.rank())
+      "quadratic", QuadraticLayer(QuadraticLayerOptions(options.in_features(), options.out_features(), options.rank())
                                       .bias(options.bias() && !options.quadratic_norm())));
   if (options.quadratic_norm()) {
     quadratic_norm = register_module(
@@ -32,7 +31,8 @@ void PolynomialBlockImpl::reset() {
     skip = nullptr;
   }
   if (options.norm()) {
-    norm = register_module("norm", torch::nn::BatchNorm1d(torch::nn::BatchNorm1dOptions(options.out_features()).affine(false)));
+    norm = register_module("norm",
+                           torch::nn::BatchNorm1d(torch::nn::BatchNorm1dOptions(options.out_features()).affine(false)));
   } else {
     norm = nullptr;
   }
@@ -71,17 +71,15 @@ int64_t PolynomialBlockImpl::num_parameters() const {
 // ---------------------------------------------------------------------------------------------
 // DeepPolynomialNet
 
-DeepPolynomialNetImpl::DeepPolynomialNetImpl(const DeepPolynomialNetOptions& options_) : options(options_) {
-  reset();
-}
+DeepPolynomialNetImpl::DeepPolynomialNetImpl(const DeepPolynomialNetOptions& options_) : options(options_) { reset(); }
 
 void DeepPolynomialNetImpl::reset() {
   const auto& sizes = options.sizes();
   const auto& ranks = options.ranks();
   TORCH_CHECK(sizes.size() >= 2, "DeepPolynomialNet: sizes needs at least 2 entries (input, output), got ",
               sizes.size());
-  TORCH_CHECK(ranks.size() == sizes.size() - 1, "DeepPolynomialNet: ranks needs sizes.size() - 1 = ",
-              sizes.size() - 1, " entries, got ", ranks.size());
+  TORCH_CHECK(ranks.size() == sizes.size() - 1, "DeepPolynomialNet: ranks needs sizes.size() - 1 = ", sizes.size() - 1,
+              " entries, got ", ranks.size());
   blocks.clear();
   for (size_t t = 0; t + 1 < sizes.size(); ++t) {
     auto block_options = PolynomialBlockOptions(sizes[t], sizes[t + 1], ranks[t])

@@ -57,7 +57,7 @@ class PolynomialBlockImpl : public torch::nn::Cloneable<PolynomialBlockImpl> {
   QuadraticLayer quadratic{nullptr};
   torch::nn::BatchNorm1d quadratic_norm{nullptr};  // null when options.quadratic_norm() is false
   torch::nn::Linear skip{nullptr};                 // null when options.skip() is false
-  torch::nn::BatchNorm1d norm{nullptr};  // null when options.norm() is false
+  torch::nn::BatchNorm1d norm{nullptr};            // null when options.norm() is false
 };
 TORCH_MODULE(PolynomialBlock);
 

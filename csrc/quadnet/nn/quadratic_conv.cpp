@@ -12,17 +12,17 @@ namespace nn {
 
 using detail::register_bias;
 
-namespace {
-}  // namespace
+namespace {}  // namespace
 
 void check_conv_options(const char* module, const QuadraticConv2dOptions& o, bool rank_at_most_patch) {
   TORCH_CHECK_VALUE(o.in_channels() > 0 && o.out_channels() > 0 && o.rank() > 0, module,
                     ": in_channels, out_channels and rank must be positive, got in_channels=", o.in_channels(),
                     ", out_channels=", o.out_channels(), ", rank=", o.rank());
   for (int i = 0; i < 2; ++i) {
-    TORCH_CHECK_VALUE((*o.kernel_size())[i] > 0 && (*o.stride())[i] > 0 && (*o.dilation())[i] > 0 && (*o.padding())[i] >= 0,
-                module, ": kernel_size, stride and dilation must be positive and padding non-negative, got kernel_size=",
-                o.kernel_size(), ", stride=", o.stride(), ", padding=", o.padding(), ", dilation=", o.dilation());
+    TORCH_CHECK_VALUE(
+        (*o.kernel_size())[i] > 0 && (*o.stride())[i] > 0 && (*o.dilation())[i] > 0 && (*o.padding())[i] >= 0, module,
+        ": kernel_size, stride and dilation must be positive and padding non-negative, got kernel_size=",
+        o.kernel_size(), ", stride=", o.stride(), ", padding=", o.padding(), ", dilation=", o.dilation());
   }
   const int64_t patch = o.in_channels() * (*o.kernel_size())[0] * (*o.kernel_size())[1];
   TORCH_CHECK_VALUE(!rank_at_most_patch || o.rank() <= patch, module,
@@ -65,7 +65,9 @@ void QuadraticConv2dImpl::reset() {
 
 void QuadraticConv2dImpl::reset_parameters() { init::quadratic_layer_(weight, S, bias); }
 
-void QuadraticConv2dImpl::pretty_print(std::ostream& stream) const { print_options(stream, "QuadraticConv2d", options); }
+void QuadraticConv2dImpl::pretty_print(std::ostream& stream) const {
+  print_options(stream, "QuadraticConv2d", options);
+}
 
 torch::Tensor QuadraticConv2dImpl::forward(const torch::Tensor& x) {
   return add_channel_bias(quadratic_conv2d(x, weight, S, *options.stride(), *options.padding(), *options.dilation()),
@@ -82,8 +84,7 @@ int64_t QuadraticConv2dImpl::num_parameters() const {
 // ---------------------------------------------------------------------------------------------
 // DiagonalQuadraticConv2d
 
-DiagonalQuadraticConv2dImpl::DiagonalQuadraticConv2dImpl(const QuadraticConv2dOptions& options_)
-    : options(options_) {
+DiagonalQuadraticConv2dImpl::DiagonalQuadraticConv2dImpl(const QuadraticConv2dOptions& options_) : options(options_) {
   reset();
 }
 
@@ -146,22 +147,22 @@ void PolynomialConvBlockImpl::reset() {
     }
   }
   // Same construction order as Python (quadratic, skip): same RNG stream, same init.
-  quadratic = register_module("quadratic", QuadraticConv2d(QuadraticConv2dOptions(o.in_channels(), o.out_channels(),
-                                                                                   o.kernel_size(), o.rank())
-                                                               .stride(o.stride())
-                                                               .padding(o.padding())
-                                                               .dilation(o.dilation())
-                                                               .bias(o.bias())));
-  skip = o.skip() ? register_module("skip", torch::nn::Conv2d(torch::nn::Conv2dOptions(o.in_channels(),
-                                                                                       o.out_channels(), 1)
-                                                                  .stride(o.stride())
-                                                                  .bias(false)))
+  quadratic = register_module(
+      "quadratic", QuadraticConv2d(QuadraticConv2dOptions(o.in_channels(), o.out_channels(), o.kernel_size(), o.rank())
+                                       .stride(o.stride())
+                                       .padding(o.padding())
+                                       .dilation(o.dilation())
+                                       .bias(o.bias())));
+  skip = o.skip()
+             ? register_module(
+                   "skip",
+                   torch::nn::Conv2d(
+                       torch::nn::Conv2dOptions(o.in_channels(), o.out_channels(), 1).stride(o.stride()).bias(false)))
+             : nullptr;
+  norm = o.norm() ? register_module(
+                        "norm", torch::nn::BatchNorm2d(torch::nn::BatchNorm2dOptions(o.out_channels()).affine(false)))
                   : nullptr;
-  norm = o.norm() ? register_module("norm", torch::nn::BatchNorm2d(
-                                                torch::nn::BatchNorm2dOptions(o.out_channels()).affine(false)))
-                  : nullptr;
-  pool = o.pool() > 1 ? register_module("pool", torch::nn::AvgPool2d(torch::nn::AvgPool2dOptions(o.pool())))
-                      : nullptr;
+  pool = o.pool() > 1 ? register_module("pool", torch::nn::AvgPool2d(torch::nn::AvgPool2dOptions(o.pool()))) : nullptr;
 }
 
 void PolynomialConvBlockImpl::reset_parameters() {

@@ -113,8 +113,7 @@ struct PolynomialConvBlockOptions {
 // Submodules: quadratic, skip, norm, pool.
 class PolynomialConvBlockImpl : public torch::nn::Cloneable<PolynomialConvBlockImpl> {
  public:
-  PolynomialConvBlockImpl(int64_t in_channels, int64_t out_channels, torch::ExpandingArray<2> kernel_size,
-                          int64_t rank)
+  PolynomialConvBlockImpl(int64_t in_channels, int64_t out_channels, torch::ExpandingArray<2> kernel_size, int64_t rank)
       : PolynomialConvBlockImpl(PolynomialConvBlockOptions(in_channels, out_channels, kernel_size, rank)) {}
   explicit PolynomialConvBlockImpl(const PolynomialConvBlockOptions& options);
 

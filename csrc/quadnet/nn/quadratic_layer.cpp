@@ -43,10 +43,9 @@ void diagonal_quadratic_layer_(torch::Tensor& weight, torch::Tensor& alpha, torc
 
 namespace {
 
-void print_sizes(std::ostream& stream, const char* module, int64_t in, int64_t out, int64_t rank,
-                 bool bias) {
-  stream << "quadnet::nn::" << module << "(in_features=" << in << ", out_features=" << out
-         << ", rank=" << rank << ", bias=" << (bias ? "true" : "false") << ")";
+void print_sizes(std::ostream& stream, const char* module, int64_t in, int64_t out, int64_t rank, bool bias) {
+  stream << "quadnet::nn::" << module << "(in_features=" << in << ", out_features=" << out << ", rank=" << rank
+         << ", bias=" << (bias ? "true" : "false") << ")";
 }
 }  // namespace
 
@@ -61,7 +60,8 @@ void check_layer_sizes(const char* module, int64_t in, int64_t out, int64_t rank
                     ": in_features, out_features and rank must be positive, got in_features=", in,
                     ", out_features=", out, ", rank=", rank);
   TORCH_CHECK_VALUE(!rank_at_most_in || rank <= in, module, ": rank must be at most in_features (", in,
-                    "), got rank=", rank, ": A_i = W^T S_i W has rank at most in_features anyway, and projection "
+                    "), got rank=", rank,
+                    ": A_i = W^T S_i W has rank at most in_features anyway, and projection "
                     "optimizers need orthonormal weight rows");
 }
 
@@ -74,9 +74,7 @@ bool backward_accumulates_into(const torch::Tensor& param) {
   return entry != exec_info->end() && entry->second.should_execute();
 }
 
-QuadraticLayerImpl::QuadraticLayerImpl(const QuadraticLayerOptions& options_) : options(options_) {
-  reset();
-}
+QuadraticLayerImpl::QuadraticLayerImpl(const QuadraticLayerOptions& options_) : options(options_) { reset(); }
 
 void QuadraticLayerImpl::reset() {
   check_layer_sizes("QuadraticLayer", options.in_features(), options.out_features(), options.rank(), true);
@@ -90,8 +88,7 @@ void QuadraticLayerImpl::reset() {
 void QuadraticLayerImpl::reset_parameters() { init::quadratic_layer_(weight, S, bias); }
 
 void QuadraticLayerImpl::pretty_print(std::ostream& stream) const {
-  print_sizes(stream, "QuadraticLayer", options.in_features(), options.out_features(),
-              options.rank(), options.bias());
+  print_sizes(stream, "QuadraticLayer", options.in_features(), options.out_features(), options.rank(), options.bias());
 }
 
 torch::Tensor QuadraticLayerImpl::forward(const torch::Tensor& x) {
@@ -99,12 +96,13 @@ torch::Tensor QuadraticLayerImpl::forward(const torch::Tensor& x) {
   if (capture_->users > 0 && is_training() && y.requires_grad()) {
     std::weak_ptr<CaptureSink> sink = capture_;
     const auto out = options.out_features();
-    y.register_hook([sink, out, weight = weight, flat = x.detach().reshape({-1, x.size(-1)})](const torch::Tensor& grad) {
-      auto target = sink.lock();
-      if (!target || target->users == 0) return;
-      if (at::GradMode::is_enabled()) target->create_graph = true;  // the pass records its own graph
-      if (backward_accumulates_into(weight)) target->pairs.emplace_back(flat, grad.reshape({-1, out}));
-    });
+    y.register_hook(
+        [sink, out, weight = weight, flat = x.detach().reshape({-1, x.size(-1)})](const torch::Tensor& grad) {
+          auto target = sink.lock();
+          if (!target || target->users == 0) return;
+          if (at::GradMode::is_enabled()) target->create_graph = true;  // the pass records its own graph
+          if (backward_accumulates_into(weight)) target->pairs.emplace_back(flat, grad.reshape({-1, out}));
+        });
   }
   return add_bias(y, bias);
 }
@@ -141,30 +139,25 @@ DiagonalQuadraticLayerImpl::DiagonalQuadraticLayerImpl(const DiagonalQuadraticLa
 }
 
 void DiagonalQuadraticLayerImpl::reset() {
-  check_layer_sizes("DiagonalQuadraticLayer", options.in_features(), options.out_features(), options.rank(),
-                    false);
+  check_layer_sizes("DiagonalQuadraticLayer", options.in_features(), options.out_features(), options.rank(), false);
   weight = register_parameter("weight", torch::empty({options.rank(), options.in_features()}));
   alpha = register_parameter("alpha", torch::empty({options.out_features(), options.rank()}));
   bias = register_bias(*this, options.bias(), options.out_features());
   reset_parameters();
 }
 
-void DiagonalQuadraticLayerImpl::reset_parameters() {
-  init::diagonal_quadratic_layer_(weight, alpha, bias);
-}
+void DiagonalQuadraticLayerImpl::reset_parameters() { init::diagonal_quadratic_layer_(weight, alpha, bias); }
 
 void DiagonalQuadraticLayerImpl::pretty_print(std::ostream& stream) const {
-  print_sizes(stream, "DiagonalQuadraticLayer", options.in_features(), options.out_features(),
-              options.rank(), options.bias());
+  print_sizes(stream, "DiagonalQuadraticLayer", options.in_features(), options.out_features(), options.rank(),
+              options.bias());
 }
 
 torch::Tensor DiagonalQuadraticLayerImpl::forward(const torch::Tensor& x) {
   return add_bias(diagonal_quadratic_form(x, weight, alpha), bias);
 }
 
-torch::Tensor DiagonalQuadraticLayerImpl::canonical() const {
-  return diagonal_canonical_form(weight, alpha);
-}
+torch::Tensor DiagonalQuadraticLayerImpl::canonical() const { return diagonal_canonical_form(weight, alpha); }
 
 int64_t DiagonalQuadraticLayerImpl::num_parameters() const {
   return options.rank() * (options.in_features() + options.out_features()) +
@@ -174,14 +167,13 @@ int64_t DiagonalQuadraticLayerImpl::num_parameters() const {
 // ---------------------------------------------------------------------------------------------
 // Symmetric -> diagonal model
 
-std::pair<torch::Tensor, torch::Tensor> diagonal_parameters(const torch::Tensor& weight,
-                                                            const torch::Tensor& S) {
+std::pair<torch::Tensor, torch::Tensor> diagonal_parameters(const torch::Tensor& weight, const torch::Tensor& S) {
   TORCH_CHECK(weight.dim() == 2, "diagonal_parameters: expected weight of shape (rank, in_features), got shape ",
               weight.sizes());
   const int64_t r = weight.size(0);
   TORCH_CHECK(S.dim() == 3 && S.size(1) == r && S.size(2) == r,
-              "diagonal_parameters: expected S of shape (out_features, rank=", r, ", rank=", r,
-              "), got shape ", S.sizes());
+              "diagonal_parameters: expected S of shape (out_features, rank=", r, ", rank=", r, "), got shape ",
+              S.sizes());
   auto S_sym = utils::symmetric_part(S);
   std::vector<torch::Tensor> rows, alphas;
   for (int64_t i = 0; i < r; ++i) {

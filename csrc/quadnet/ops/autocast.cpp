@@ -54,7 +54,8 @@ at::Tensor diagonal_quadratic_conv2d_autocast(const at::Tensor& x, const at::Ten
                                               at::IntArrayRef stride, at::IntArrayRef padding,
                                               at::IntArrayRef dilation) {
   AutocastFloat32<device> f32;
-  return quadnet::diagonal_quadratic_conv2d(f32(x), f32(weight), f32(alpha), stride, padding, dilation).to(x.scalar_type());
+  return quadnet::diagonal_quadratic_conv2d(f32(x), f32(weight), f32(alpha), stride, padding, dilation)
+      .to(x.scalar_type());
 }
 
 template <c10::DeviceType device>
@@ -75,18 +76,17 @@ at::Tensor diagonal_canonical_form_autocast(const at::Tensor& weight, const at::
   return quadnet::diagonal_canonical_form(f32(weight), f32(alpha)).to(weight.scalar_type());
 }
 
-#define QUADNET_AUTOCAST_INSTANTIATE(device)                                                                        \
-  template at::Tensor quadratic_form_autocast<device>(const at::Tensor&, const at::Tensor&, const at::Tensor&);     \
-  template at::Tensor diagonal_quadratic_form_autocast<device>(const at::Tensor&, const at::Tensor&,                \
-                                                               const at::Tensor&);                                  \
-  template at::Tensor quadratic_features_autocast<device>(const at::Tensor&, const at::Tensor&);                    \
-  template at::Tensor quadratic_conv2d_autocast<device>(const at::Tensor&, const at::Tensor&, const at::Tensor&,    \
-                                                        at::IntArrayRef, at::IntArrayRef, at::IntArrayRef);         \
-  template at::Tensor diagonal_quadratic_conv2d_autocast<device>(const at::Tensor&, const at::Tensor&,              \
-                                                                 const at::Tensor&, at::IntArrayRef,                \
-                                                                 at::IntArrayRef, at::IntArrayRef);                 \
-  template at::Tensor canonical_gradient_autocast<device>(const at::Tensor&, const at::Tensor&);                    \
-  template at::Tensor canonical_form_autocast<device>(const at::Tensor&, const at::Tensor&);                        \
+#define QUADNET_AUTOCAST_INSTANTIATE(device)                                                                       \
+  template at::Tensor quadratic_form_autocast<device>(const at::Tensor&, const at::Tensor&, const at::Tensor&);    \
+  template at::Tensor diagonal_quadratic_form_autocast<device>(const at::Tensor&, const at::Tensor&,               \
+                                                               const at::Tensor&);                                 \
+  template at::Tensor quadratic_features_autocast<device>(const at::Tensor&, const at::Tensor&);                   \
+  template at::Tensor quadratic_conv2d_autocast<device>(const at::Tensor&, const at::Tensor&, const at::Tensor&,   \
+                                                        at::IntArrayRef, at::IntArrayRef, at::IntArrayRef);        \
+  template at::Tensor diagonal_quadratic_conv2d_autocast<device>(                                                  \
+      const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef); \
+  template at::Tensor canonical_gradient_autocast<device>(const at::Tensor&, const at::Tensor&);                   \
+  template at::Tensor canonical_form_autocast<device>(const at::Tensor&, const at::Tensor&);                       \
   template at::Tensor diagonal_canonical_form_autocast<device>(const at::Tensor&, const at::Tensor&);
 
 QUADNET_AUTOCAST_INSTANTIATE(c10::DeviceType::CPU)

@@ -50,8 +50,7 @@ std::tuple<at::Tensor, at::Tensor> quadratic_form_backward_meta(const at::Tensor
                                                                 const at::Tensor& z);
 std::tuple<at::Tensor, at::Tensor> quadratic_form_backward_autograd(const at::Tensor& grad, const at::Tensor& h,
                                                                     const at::Tensor& z);
-at::Tensor diagonal_quadratic_form_composite(const at::Tensor& x, const at::Tensor& weight,
-                                             const at::Tensor& alpha);
+at::Tensor diagonal_quadratic_form_composite(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha);
 at::Tensor canonical_gradient_composite(const at::Tensor& X, const at::Tensor& G);
 at::Tensor canonical_form_composite(const at::Tensor& weight, const at::Tensor& S);
 at::Tensor diagonal_canonical_form_composite(const at::Tensor& weight, const at::Tensor& alpha);
@@ -70,9 +69,9 @@ std::tuple<at::Tensor, at::Tensor> quadratic_features_backward_autograd(const at
                                                                         const at::Tensor& S);
 at::Tensor quadratic_conv2d_composite(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& S,
                                       at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation);
-at::Tensor diagonal_quadratic_conv2d_composite(const at::Tensor& x, const at::Tensor& weight,
-                                               const at::Tensor& alpha, at::IntArrayRef stride,
-                                               at::IntArrayRef padding, at::IntArrayRef dilation);
+at::Tensor diagonal_quadratic_conv2d_composite(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha,
+                                               at::IntArrayRef stride, at::IntArrayRef padding,
+                                               at::IntArrayRef dilation);
 
 // Autocast kernels (autocast.cpp), instantiated for CPU and CUDA: the op in float32, the result
 // in its first input's dtype.

@@ -19,9 +19,9 @@
 namespace quadnet {
 namespace {
 
+using ops::typed_op;
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
-using ops::typed_op;
 using utils::flatten_samples;
 using utils::output_shape;
 using utils::symmetric_part;
@@ -33,8 +33,7 @@ void check_S(const at::Tensor& S, const char* op) {
 
 void check_features_args(const at::Tensor& h, const at::Tensor& S) {
   const char* op = "quadratic_features";
-  TORCH_CHECK(h.dim() >= 1, op, ": expected h of shape (..., rank) with at least 1 dim, got ", h.dim(),
-              "-dim tensor");
+  TORCH_CHECK(h.dim() >= 1, op, ": expected h of shape (..., rank) with at least 1 dim, got ", h.dim(), "-dim tensor");
   check_S(S, op);
   TORCH_CHECK(h.sym_size(-1) == S.sym_size(1), op, ": h has ", h.sym_size(-1),
               " features in its last dim but S of shape ", S.sym_sizes(), " expects rank ", S.sym_size(1));
@@ -44,8 +43,8 @@ void check_features_args(const at::Tensor& h, const at::Tensor& S) {
 void check_features_backward_args(const at::Tensor& grad, const at::Tensor& h, const at::Tensor& S) {
   const char* op = "_quadratic_features_backward";
   check_S(S, op);
-  TORCH_CHECK(h.dim() == 2 && h.sym_size(1) == S.sym_size(1), op, ": expected h of shape (batch, rank=",
-              S.sym_size(1), "), got shape ", h.sym_sizes());
+  TORCH_CHECK(h.dim() == 2 && h.sym_size(1) == S.sym_size(1), op, ": expected h of shape (batch, rank=", S.sym_size(1),
+              "), got shape ", h.sym_sizes());
   TORCH_CHECK(grad.dim() == 2 && grad.sym_size(0) == h.sym_size(0) && grad.sym_size(1) == S.sym_size(0), op,
               ": expected grad of shape (batch=", h.sym_size(0), ", out_features=", S.sym_size(0), "), got shape ",
               grad.sym_sizes());
@@ -121,9 +120,7 @@ void fill_products(const scalar_t* h, int64_t rows, int64_t r, scalar_t* u) {
   }
 }
 
-bool tiled_dtype(const at::Tensor& t) {
-  return t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble;
-}
+bool tiled_dtype(const at::Tensor& t) { return t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble; }
 
 at::Tensor features_tiled(const at::Tensor& h2d_in, const at::Tensor& S) {
   const int64_t B = h2d_in.size(0), r = S.size(1), n = S.size(0);
@@ -150,7 +147,7 @@ at::Tensor features_tiled(const at::Tensor& h2d_in, const at::Tensor& S) {
 }
 
 std::tuple<at::Tensor, at::Tensor> features_backward_tiled(const at::Tensor& grad, const at::Tensor& h2d_in,
-                                                          const at::Tensor& S) {
+                                                           const at::Tensor& S) {
   const int64_t B = h2d_in.size(0), r = S.size(1), n = S.size(0);
   auto h2d = h2d_in.contiguous();
   auto G = grad.contiguous();
@@ -241,9 +238,9 @@ class QuadraticFeaturesFunction : public torch::autograd::Function<QuadraticFeat
 
 // x (N, C, H, W) or (C, H, W), weight (m, C, kh, kw), per-output coefficients S (n, m, m) or
 // alpha (n, m), and conv2d's geometry.
-void check_conv_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& coefficients,
-                     const char* op, const char* coefficients_name, at::IntArrayRef stride,
-                     at::IntArrayRef padding, at::IntArrayRef dilation) {
+void check_conv_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& coefficients, const char* op,
+                     const char* coefficients_name, at::IntArrayRef stride, at::IntArrayRef padding,
+                     at::IntArrayRef dilation) {
   TORCH_CHECK(x.dim() == 3 || x.dim() == 4, op,
               ": expected x of shape (batch, in_channels, height, width) or (in_channels, height, width), got shape ",
               x.sym_sizes());
@@ -257,8 +254,8 @@ void check_conv_args(const at::Tensor& x, const at::Tensor& weight, const at::Te
   TORCH_CHECK((coefficients.dim() == 3 || coefficients.dim() == 2) && coefficients.sym_size(1) == weight.sym_size(0) &&
                   (!quadratic || coefficients.sym_size(2) == weight.sym_size(0)),
               op, ": expected ", coefficients_name, " of shape ",
-              quadratic ? "(out_channels, rank, rank)" : "(out_channels, rank)", " with rank = weight.size(0) = ",
-              weight.sym_size(0), ", got shape ", coefficients.sym_sizes());
+              quadratic ? "(out_channels, rank, rank)" : "(out_channels, rank)",
+              " with rank = weight.size(0) = ", weight.sym_size(0), ", got shape ", coefficients.sym_sizes());
   auto check_pair = [op](at::IntArrayRef values, const char* name, int64_t least) {
     TORCH_CHECK(values.size() == 1 || values.size() == 2, op, ": expected ", name,
                 " to be one int or two (height, width), got ", values);
@@ -356,9 +353,9 @@ at::Tensor quadratic_conv2d_composite(const at::Tensor& x, const at::Tensor& wei
   return quadratic_features(h.movedim(-3, -1), S).movedim(-1, -3);
 }
 
-at::Tensor diagonal_quadratic_conv2d_composite(const at::Tensor& x, const at::Tensor& weight,
-                                               const at::Tensor& alpha, at::IntArrayRef stride,
-                                               at::IntArrayRef padding, at::IntArrayRef dilation) {
+at::Tensor diagonal_quadratic_conv2d_composite(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha,
+                                               at::IntArrayRef stride, at::IntArrayRef padding,
+                                               at::IntArrayRef dilation) {
   check_conv_args(x, weight, alpha, "diagonal_quadratic_conv2d", "alpha", stride, padding, dilation);
   auto h = at::conv2d(x, weight, {}, stride, padding, dilation);
   return at::matmul(h.movedim(-3, -1).square(), alpha.t()).movedim(-1, -3);

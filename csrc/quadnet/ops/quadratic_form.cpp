@@ -17,9 +17,9 @@ namespace quadnet {
 namespace {
 
 using c10::SymInt;
+using ops::typed_op;
 using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
-using ops::typed_op;
 using utils::flatten_samples;
 using utils::output_shape;
 using utils::symmetric_part;
@@ -27,11 +27,10 @@ using utils::symmetric_part;
 // weight (r, d) and the per-output coefficients: S (n, r, r) or alpha (n, r).
 void check_model_args(const at::Tensor& weight, const at::Tensor& coefficients, const char* op,
                       const char* coefficients_name, int64_t coefficients_dim) {
-  TORCH_CHECK(weight.dim() == 2, op, ": expected weight of shape (rank, in_features), got shape ",
-              weight.sym_sizes());
-  TORCH_CHECK(coefficients.dim() == coefficients_dim, op, ": expected ", coefficients_name,
-              " of shape ", coefficients_dim == 3 ? "(out_features, rank, rank)" : "(out_features, rank)",
-              ", got shape ", coefficients.sym_sizes());
+  TORCH_CHECK(weight.dim() == 2, op, ": expected weight of shape (rank, in_features), got shape ", weight.sym_sizes());
+  TORCH_CHECK(coefficients.dim() == coefficients_dim, op, ": expected ", coefficients_name, " of shape ",
+              coefficients_dim == 3 ? "(out_features, rank, rank)" : "(out_features, rank)", ", got shape ",
+              coefficients.sym_sizes());
   TORCH_CHECK(coefficients.sym_size(1) == weight.sym_size(0), op, ": ", coefficients_name, " of shape ",
               coefficients.sym_sizes(), " does not match rank ", weight.sym_size(0), " of weight of shape ",
               weight.sym_sizes());
@@ -43,15 +42,14 @@ void check_model_args(const at::Tensor& weight, const at::Tensor& coefficients, 
   utils::check_same_floating(op, {{"weight", weight}, {coefficients_name, coefficients}});
 }
 
-void check_quadratic_args(const at::Tensor& x, const at::Tensor& weight,
-                          const at::Tensor& coefficients, const char* op,
+void check_quadratic_args(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& coefficients, const char* op,
                           const char* coefficients_name, int64_t coefficients_dim) {
-  TORCH_CHECK(x.dim() >= 1, op, ": expected x of shape (..., in_features) with at least 1 dim, got ",
-              x.dim(), "-dim tensor");
+  TORCH_CHECK(x.dim() >= 1, op, ": expected x of shape (..., in_features) with at least 1 dim, got ", x.dim(),
+              "-dim tensor");
   check_model_args(weight, coefficients, op, coefficients_name, coefficients_dim);
   TORCH_CHECK(x.sym_size(-1) == weight.sym_size(1), op, ": x has ", x.sym_size(-1),
-              " features in its last dim but weight of shape ", weight.sym_sizes(), " expects ",
-              weight.sym_size(1), " (weight is (rank, in_features))");
+              " features in its last dim but weight of shape ", weight.sym_sizes(), " expects ", weight.sym_size(1),
+              " (weight is (rank, in_features))");
   utils::check_same_floating(op, {{"x", x}, {"weight", weight}});
 }
 
@@ -65,11 +63,11 @@ void check_backward_args(const at::Tensor& grad, const at::Tensor& h, const at::
   const char* op = "_quadratic_form_backward";
   TORCH_CHECK(h.dim() == 2, op, ": expected h of shape (batch, rank), got shape ", h.sym_sizes());
   TORCH_CHECK(z.dim() == 3 && z.sym_size(0) == h.sym_size(0) && z.sym_size(2) == h.sym_size(1), op,
-              ": expected z of shape (batch=", h.sym_size(0), ", out_features, rank=", h.sym_size(1),
-              "), got shape ", z.sym_sizes());
+              ": expected z of shape (batch=", h.sym_size(0), ", out_features, rank=", h.sym_size(1), "), got shape ",
+              z.sym_sizes());
   TORCH_CHECK(grad.dim() == 2 && grad.sym_size(0) == z.sym_size(0) && grad.sym_size(1) == z.sym_size(1), op,
-              ": expected grad of shape (batch=", z.sym_size(0), ", out_features=", z.sym_size(1),
-              "), got shape ", grad.sym_sizes());
+              ": expected grad of shape (batch=", z.sym_size(0), ", out_features=", z.sym_size(1), "), got shape ",
+              grad.sym_sizes());
   utils::check_same_floating(op, {{"grad", grad}, {"h", h}, {"z", z}});
 }
 
@@ -283,8 +281,7 @@ std::tuple<at::Tensor, at::Tensor> quadratic_form_backward_autograd(const at::Te
   return backward_op().call(grad, h, z);
 }
 
-at::Tensor diagonal_quadratic_form_composite(const at::Tensor& x, const at::Tensor& weight,
-                                             const at::Tensor& alpha) {
+at::Tensor diagonal_quadratic_form_composite(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha) {
   check_quadratic_args(x, weight, alpha, "diagonal_quadratic_form", "alpha", 2);
   // Plain ATen composition: autograd (and double backward) come for free.
   return at::matmul(at::matmul(x, weight.t()).square(), alpha.t());
@@ -292,8 +289,9 @@ at::Tensor diagonal_quadratic_form_composite(const at::Tensor& x, const at::Tens
 
 at::Tensor canonical_gradient_composite(const at::Tensor& X, const at::Tensor& G) {
   TORCH_CHECK(X.dim() == 2, "canonical_gradient: expected X of shape (batch, features), got shape ", X.sym_sizes());
-  TORCH_CHECK(G.dim() == 2 && G.sym_size(0) == X.sym_size(0), "canonical_gradient: expected G of shape (batch=",
-              X.sym_size(0), ", out_features), got shape ", G.sym_sizes());
+  TORCH_CHECK(G.dim() == 2 && G.sym_size(0) == X.sym_size(0),
+              "canonical_gradient: expected G of shape (batch=", X.sym_size(0), ", out_features), got shape ",
+              G.sym_sizes());
   utils::check_same_floating("canonical_gradient", {{"X", X}, {"G", G}});
   const auto B = X.sym_size(0), d = X.sym_size(1), n = G.sym_size(1);
   // Pick the smaller temporary: B×d×d outer products or B×n×d weighted copies of X.
@@ -301,7 +299,7 @@ at::Tensor canonical_gradient_composite(const at::Tensor& X, const at::Tensor& G
     auto outer = (X.unsqueeze(2) * X.unsqueeze(1)).reshape_symint({B, d * d});
     return at::mm(G.t(), outer).view_symint({n, d, d});
   }
-  auto weighted = G.t().unsqueeze(2) * X.unsqueeze(0);                 // n×B×d
+  auto weighted = G.t().unsqueeze(2) * X.unsqueeze(0);                   // n×B×d
   return at::bmm(weighted.transpose(1, 2), X.expand_symint({n, B, d}));  // n×d×d
 }
 

@@ -20,8 +20,7 @@ at::Tensor quadratic_form(const at::Tensor& x, const at::Tensor& weight, const a
 
 // The forward with what the backward needs: x (B, d) -> (y (B, n), h (B, r), z (B, n, r)),
 // z[b, i] = sym(S_i) h_b. Registered as torch.ops.quadnet._quadratic_form_forward.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> quadratic_form_forward(const at::Tensor& x,
-                                                                      const at::Tensor& weight,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> quadratic_form_forward(const at::Tensor& x, const at::Tensor& weight,
                                                                       const at::Tensor& S);
 
 // The backward of y[b, i] = h_b^T z[b, i] given grad = ∂ℓ/∂y (B, n), h (B, r), z (B, n, r):
@@ -32,8 +31,7 @@ std::tuple<at::Tensor, at::Tensor> quadratic_form_backward(const at::Tensor& gra
 
 // The older diagonal ("squared activation") model: x (..., d), weight (r, d),
 // alpha (n, r)  ->  (..., n) with y = alpha @ (weight @ x)^2.
-at::Tensor diagonal_quadratic_form(const at::Tensor& x, const at::Tensor& weight,
-                                   const at::Tensor& alpha);
+at::Tensor diagonal_quadratic_form(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& alpha);
 
 // Canonical gradient of a quadratic layer: X (B, d), G = ∂ℓ/∂y (B, n)  ->  (n, d, d) with
 // entry i = X^T diag(G[:, i]) X = Σ_b G[b, i] x_b x_b^T (the gradient of ℓ w.r.t. A_i).

@@ -28,21 +28,21 @@ const std::vector<at::Tag> kPt2Compliant{at::Tag::pt2_compliant_tag};
 
 TORCH_LIBRARY(quadnet, m) {
   m.def("quadratic_form(Tensor x, Tensor weight, Tensor S) -> Tensor", kPt2Compliant);
-  m.def("_quadratic_form_forward(Tensor x, Tensor weight, Tensor S) -> (Tensor y, Tensor h, Tensor z)",
-        kPt2Compliant);
-  m.def("_quadratic_form_backward(Tensor grad, Tensor h, Tensor z) -> (Tensor grad_h, Tensor grad_S)",
-        kPt2Compliant);
+  m.def("_quadratic_form_forward(Tensor x, Tensor weight, Tensor S) -> (Tensor y, Tensor h, Tensor z)", kPt2Compliant);
+  m.def("_quadratic_form_backward(Tensor grad, Tensor h, Tensor z) -> (Tensor grad_h, Tensor grad_S)", kPt2Compliant);
   m.def("diagonal_quadratic_form(Tensor x, Tensor weight, Tensor alpha) -> Tensor",
         TORCH_FN(quadnet::ops::diagonal_quadratic_form_composite), kPt2Compliant);
   m.def("quadratic_features(Tensor h, Tensor S) -> Tensor", kPt2Compliant);
   m.def("_quadratic_features_backward(Tensor grad, Tensor h, Tensor S) -> (Tensor grad_h, Tensor grad_S)",
         kPt2Compliant);
-  m.def("quadratic_conv2d(Tensor x, Tensor weight, Tensor S, int[2] stride=1, int[2] padding=0, int[2] dilation=1) "
-        "-> Tensor",
-        TORCH_FN(quadnet::ops::quadratic_conv2d_composite), kPt2Compliant);
-  m.def("diagonal_quadratic_conv2d(Tensor x, Tensor weight, Tensor alpha, int[2] stride=1, int[2] padding=0, "
-        "int[2] dilation=1) -> Tensor",
-        TORCH_FN(quadnet::ops::diagonal_quadratic_conv2d_composite), kPt2Compliant);
+  m.def(
+      "quadratic_conv2d(Tensor x, Tensor weight, Tensor S, int[2] stride=1, int[2] padding=0, int[2] dilation=1) "
+      "-> Tensor",
+      TORCH_FN(quadnet::ops::quadratic_conv2d_composite), kPt2Compliant);
+  m.def(
+      "diagonal_quadratic_conv2d(Tensor x, Tensor weight, Tensor alpha, int[2] stride=1, int[2] padding=0, "
+      "int[2] dilation=1) -> Tensor",
+      TORCH_FN(quadnet::ops::diagonal_quadratic_conv2d_composite), kPt2Compliant);
   m.def("canonical_gradient(Tensor X, Tensor G) -> Tensor", TORCH_FN(quadnet::ops::canonical_gradient_composite),
         kPt2Compliant);
   m.def("canonical_form(Tensor weight, Tensor S) -> Tensor", TORCH_FN(quadnet::ops::canonical_form_composite),
@@ -53,14 +53,14 @@ TORCH_LIBRARY(quadnet, m) {
 
 // The ops with kernels of their own (CPU, Meta, Autograd): their ATen compositions, also what
 // vmap runs (FuncTorchBatched, below).
-#define QUADNET_REGISTER_EXPLICIT_COMPOSITES                                                            \
-  m.impl("quadratic_form", TORCH_FN(quadnet::ops::quadratic_form_composite));                           \
-  m.impl("_quadratic_form_forward", TORCH_FN(quadnet::ops::quadratic_form_forward_composite));          \
-  m.impl("_quadratic_form_backward", TORCH_FN(quadnet::ops::quadratic_form_backward_composite));        \
-  m.impl("quadratic_features", TORCH_FN(quadnet::ops::quadratic_features_composite));                   \
+#define QUADNET_REGISTER_EXPLICIT_COMPOSITES                                                     \
+  m.impl("quadratic_form", TORCH_FN(quadnet::ops::quadratic_form_composite));                    \
+  m.impl("_quadratic_form_forward", TORCH_FN(quadnet::ops::quadratic_form_forward_composite));   \
+  m.impl("_quadratic_form_backward", TORCH_FN(quadnet::ops::quadratic_form_backward_composite)); \
+  m.impl("quadratic_features", TORCH_FN(quadnet::ops::quadratic_features_composite));            \
   m.impl("_quadratic_features_backward", TORCH_FN(quadnet::ops::quadratic_features_backward_composite));
 
-TORCH_LIBRARY_IMPL(quadnet, CompositeExplicitAutograd, m) { QUADNET_REGISTER_EXPLICIT_COMPOSITES }
+TORCH_LIBRARY_IMPL(quadnet, CompositeExplicitAutograd, m){QUADNET_REGISTER_EXPLICIT_COMPOSITES}
 
 // quadratic_features' CPU kernels: the same formulas, tiled so the per-vector products stay in
 // cache (ops/quadratic_conv.cpp); other devices use the composite kernels.
@@ -85,18 +85,20 @@ TORCH_LIBRARY_IMPL(quadnet, Autograd, m) {
   m.impl("_quadratic_features_backward", TORCH_FN(quadnet::ops::quadratic_features_backward_autograd));
 }
 
-#define QUADNET_REGISTER_AUTOCAST(device)                                                                 \
-  m.impl("quadratic_form", TORCH_FN(quadnet::ops::quadratic_form_autocast<device>));                      \
-  m.impl("diagonal_quadratic_form", TORCH_FN(quadnet::ops::diagonal_quadratic_form_autocast<device>));    \
-  m.impl("quadratic_features", TORCH_FN(quadnet::ops::quadratic_features_autocast<device>));              \
-  m.impl("quadratic_conv2d", TORCH_FN(quadnet::ops::quadratic_conv2d_autocast<device>));                  \
+#define QUADNET_REGISTER_AUTOCAST(device)                                                                  \
+  m.impl("quadratic_form", TORCH_FN(quadnet::ops::quadratic_form_autocast<device>));                       \
+  m.impl("diagonal_quadratic_form", TORCH_FN(quadnet::ops::diagonal_quadratic_form_autocast<device>));     \
+  m.impl("quadratic_features", TORCH_FN(quadnet::ops::quadratic_features_autocast<device>));               \
+  m.impl("quadratic_conv2d", TORCH_FN(quadnet::ops::quadratic_conv2d_autocast<device>));                   \
   m.impl("diagonal_quadratic_conv2d", TORCH_FN(quadnet::ops::diagonal_quadratic_conv2d_autocast<device>)); \
-  m.impl("canonical_gradient", TORCH_FN(quadnet::ops::canonical_gradient_autocast<device>));              \
-  m.impl("canonical_form", TORCH_FN(quadnet::ops::canonical_form_autocast<device>));                      \
+  m.impl("canonical_gradient", TORCH_FN(quadnet::ops::canonical_gradient_autocast<device>));               \
+  m.impl("canonical_form", TORCH_FN(quadnet::ops::canonical_form_autocast<device>));                       \
   m.impl("diagonal_canonical_form", TORCH_FN(quadnet::ops::diagonal_canonical_form_autocast<device>));
 
-TORCH_LIBRARY_IMPL(quadnet, AutocastCPU, m) { QUADNET_REGISTER_AUTOCAST(c10::DeviceType::CPU) }
-TORCH_LIBRARY_IMPL(quadnet, AutocastCUDA, m) { QUADNET_REGISTER_AUTOCAST(c10::DeviceType::CUDA) }
+TORCH_LIBRARY_IMPL(quadnet, AutocastCPU,
+                   m){QUADNET_REGISTER_AUTOCAST(c10::DeviceType::CPU)} TORCH_LIBRARY_IMPL(quadnet, AutocastCUDA, m) {
+  QUADNET_REGISTER_AUTOCAST(c10::DeviceType::CUDA)
+}
 #undef QUADNET_REGISTER_AUTOCAST
 
 // vmap: the ATen compositions run on the batched tensors (the argument checks see per-sample shapes).

@@ -32,7 +32,7 @@ at::Tensor matrix_direction(const at::Tensor& W, const at::Tensor& g, int64_t de
   const auto& U = std::get<0>(svd);
   const auto& sigma = std::get<1>(svd);
   auto V = std::get<2>(svd).t();
-  auto outer = sigma.pow(2.0 * (N - 1) / N);  // σ^{2(N−1)/N}
+  auto outer = sigma.pow(2.0 * (N - 1) / N);                     // σ^{2(N−1)/N}
   auto first = at::mm(g, V * outer.unsqueeze(0)).mm(V.t());      // j = 1: ∇ (W^T W)^{(N−1)/N}
   auto last = at::mm(U * outer.unsqueeze(0), at::mm(U.t(), g));  // j = N: (W W^T)^{(N−1)/N} ∇
   auto direction = first + last;
@@ -59,8 +59,8 @@ torch::Tensor end_to_end_direction(const torch::Tensor& weight, const torch::Ten
   TORCH_CHECK(weight.dim() == 1 || weight.dim() == 2, op,
               ": the end-to-end rule applies to matrices (out, in) and vectors (in), got weight of shape ",
               weight.sizes());
-  TORCH_CHECK(grad.sizes() == weight.sizes(), op, ": grad of shape ", grad.sizes(),
-              " does not match weight of shape ", weight.sizes());
+  TORCH_CHECK(grad.sizes() == weight.sizes(), op, ": grad of shape ", grad.sizes(), " does not match weight of shape ",
+              weight.sizes());
   utils::check_same_floating(op, {{"weight", weight}, {"grad", grad}});
   if (depth == 1) return grad.clone();
   if (weight.dim() == 1 || weight.size(0) == 1) return single_output_direction(weight, grad, depth);
@@ -95,8 +95,8 @@ EndToEndSGD::EndToEndSGD(std::vector<torch::optim::OptimizerParamGroup> param_gr
     TORCH_CHECK(options.lr() >= 0, "EndToEndSGD: lr must be >= 0, got ", options.lr());
     TORCH_CHECK(options.depth() >= 1, "EndToEndSGD: depth must be >= 1, got ", options.depth());
     for (const auto& p : group.params()) {
-      TORCH_CHECK(p.dim() == 1 || p.dim() == 2 || options.depth() == 1, "EndToEndSGD: a parameter of shape ",
-                  p.sizes(), " is neither a matrix nor a bias; put it in a param group with depth 1 (plain SGD)");
+      TORCH_CHECK(p.dim() == 1 || p.dim() == 2 || options.depth() == 1, "EndToEndSGD: a parameter of shape ", p.sizes(),
+                  " is neither a matrix nor a bias; put it in a param group with depth 1 (plain SGD)");
     }
   }
 }

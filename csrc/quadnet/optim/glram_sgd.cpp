@@ -11,8 +11,8 @@
 #include <ATen/Dispatch.h>
 
 #include <algorithm>
-#include <limits>
 #include <cmath>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <unordered_map>
@@ -30,9 +30,9 @@ void* state_key(const torch::Tensor& p) { return p.unsafeGetTensorImpl(); }
 
 }  // namespace
 
-linalg::GLRAMResult quadratic_layer_step(const torch::Tensor& weight, const torch::Tensor& S,
-                                         const torch::Tensor& X, const torch::Tensor& G, double lr,
-                                         double weight_decay, const linalg::GLRAMOptions& options) {
+linalg::GLRAMResult quadratic_layer_step(const torch::Tensor& weight, const torch::Tensor& S, const torch::Tensor& X,
+                                         const torch::Tensor& G, double lr, double weight_decay,
+                                         const linalg::GLRAMOptions& options) {
   TORCH_CHECK(lr >= 0, "quadratic_layer_step: lr must be >= 0, got ", lr);
   TORCH_CHECK(weight_decay >= 0, "quadratic_layer_step: weight_decay must be >= 0, got ", weight_decay);
   // Weight decay on A_i is a scaling of S_i.
@@ -62,11 +62,11 @@ double captured_gradient_scale(const torch::Tensor& weight, const torch::Tensor&
               "GLRAMSGD: a QuadraticLayer with a captured batch has a gradient for only one of weight and S "
               "(freeze both or neither)");
   const auto B = X.size(0), n = S.size(0), r = S.size(1);
-  auto H = at::mm(X, weight.t());                                     // B × r
-  auto E = (G.unsqueeze(2) * H.unsqueeze(1)).reshape({B, n * r});     // [diag(g_i) H]_i
-  auto implied_S = at::mm(E.t(), H).view({n, r, r});                  // H^T diag(g_i) H
+  auto H = at::mm(X, weight.t());                                  // B × r
+  auto E = (G.unsqueeze(2) * H.unsqueeze(1)).reshape({B, n * r});  // [diag(g_i) H]_i
+  auto implied_S = at::mm(E.t(), H).view({n, r, r});               // H^T diag(g_i) H
   auto symS = utils::symmetric_part(S).permute({1, 0, 2}).reshape({r, n * r});
-  auto implied_W = at::mm(at::mm(symS, E.t()), X) * 2;               // 2 Σ_i sym(S_i) H^T diag(g_i) X
+  auto implied_W = at::mm(at::mm(symS, E.t()), X) * 2;  // 2 Σ_i sym(S_i) H^T diag(g_i) X
   auto dot = [](const torch::Tensor& a, const torch::Tensor& b) {
     return at::dot(a.reshape(-1).to(at::kDouble), b.reshape(-1).to(at::kDouble)).item<double>();
   };
@@ -82,9 +82,12 @@ double captured_gradient_scale(const torch::Tensor& weight, const torch::Tensor&
       "derivatives, which the full projected step's X^T diag(G) X cannot express. Use projection=\"tangent\" (the "
       "default), which steps from .grad itself.";
   if (ii == 0) {
-    TORCH_CHECK(aa == 0 || !create_graph, "GLRAMSGD: the captured batch implies a zero gradient for a QuadraticLayer, "
-                "but its weight/S gradients are not zero.", create_graph_cause);
-    TORCH_CHECK(aa == 0, "GLRAMSGD: the captured batch implies a zero gradient for a QuadraticLayer, but its "
+    TORCH_CHECK(aa == 0 || !create_graph,
+                "GLRAMSGD: the captured batch implies a zero gradient for a QuadraticLayer, "
+                "but its weight/S gradients are not zero.",
+                create_graph_cause);
+    TORCH_CHECK(aa == 0,
+                "GLRAMSGD: the captured batch implies a zero gradient for a QuadraticLayer, but its "
                 "weight/S gradients are not zero (an edit of .grad, or gradients not from the captured batches)");
     return 1.0;
   }
@@ -94,10 +97,12 @@ double captured_gradient_scale(const torch::Tensor& weight, const torch::Tensor&
   const double residual = dot(off_W, off_W) + dot(off_S, off_S);
   TORCH_CHECK(residual <= rtol * rtol * std::max(aa, c * c * ii) || !create_graph,
               "GLRAMSGD: the gradients of a QuadraticLayer's weight and S are not those its captured batch implies "
-              "(relative mismatch ", std::sqrt(residual / std::max(aa, 1e-300)), " > ", rtol, ").", create_graph_cause);
+              "(relative mismatch ",
+              std::sqrt(residual / std::max(aa, 1e-300)), " > ", rtol, ").", create_graph_cause);
   TORCH_CHECK(residual <= rtol * rtol * std::max(aa, c * c * ii),
               "GLRAMSGD: the gradients of a QuadraticLayer's weight and S are not a multiple of those its captured "
-              "batch implies (relative mismatch ", std::sqrt(residual / std::max(aa, 1e-300)), " > ", rtol,
+              "batch implies (relative mismatch ",
+              std::sqrt(residual / std::max(aa, 1e-300)), " > ", rtol,
               "). GLRAMSGD steps the layer from the captured batch, so it follows a uniform scaling of .grad "
               "(gradient clipping by norm, GradScaler) but no other edit (clip_grad_value_, a penalty added "
               "to .grad, or gradients zeroed without the optimizer's zero_grad)");
@@ -207,15 +212,15 @@ void check_options(const GLRAMSGDOptions& options) {
   TORCH_CHECK_VALUE(options.momentum() >= 0, "GLRAMSGD: momentum must be >= 0, got ", options.momentum());
   TORCH_CHECK_VALUE(options.dampening() >= 0, "GLRAMSGD: dampening must be >= 0, got ", options.dampening());
   TORCH_CHECK_VALUE(!options.nesterov() || (options.momentum() > 0 && options.dampening() == 0),
-              "GLRAMSGD: nesterov momentum requires a momentum > 0 and zero dampening, got momentum ",
-              options.momentum(), " and dampening ", options.dampening());
+                    "GLRAMSGD: nesterov momentum requires a momentum > 0 and zero dampening, got momentum ",
+                    options.momentum(), " and dampening ", options.dampening());
   TORCH_CHECK_VALUE(options.weight_decay() >= 0, "GLRAMSGD: weight_decay must be >= 0, got ", options.weight_decay());
   TORCH_CHECK_VALUE(options.max_iter() >= 0, "GLRAMSGD: max_iter must be >= 0, got ", options.max_iter());
   TORCH_CHECK_VALUE(options.tol() >= 0, "GLRAMSGD: tol must be >= 0, got ", options.tol());
   TORCH_CHECK_VALUE(options.solver() == "rayleigh_ritz" || options.solver() == "exact",
-              "GLRAMSGD: solver must be \"rayleigh_ritz\" or \"exact\", got \"", options.solver(), "\"");
+                    "GLRAMSGD: solver must be \"rayleigh_ritz\" or \"exact\", got \"", options.solver(), "\"");
   TORCH_CHECK_VALUE(options.projection() == "tangent" || options.projection() == "full",
-              "GLRAMSGD: projection must be \"tangent\" or \"full\", got \"", options.projection(), "\"");
+                    "GLRAMSGD: projection must be \"tangent\" or \"full\", got \"", options.projection(), "\"");
 }
 
 namespace {
@@ -259,16 +264,18 @@ StepUpdates glram_sgd_updates(const std::vector<StepGroup>& groups, const std::v
       auto weight_index = index_in_group.find(layer.weight.unsafeGetTensorImpl());
       auto S_index = index_in_group.find(layer.S.unsafeGetTensorImpl());
       const bool has_weight = weight_index != index_in_group.end();
-      TORCH_CHECK(has_weight == (S_index != index_in_group.end()),
-                  "GLRAMSGD: a ", describe(layer), "'s weight and S must be in the same param group");
+      TORCH_CHECK(has_weight == (S_index != index_in_group.end()), "GLRAMSGD: a ", describe(layer),
+                  "'s weight and S must be in the same param group");
       if (!has_weight) continue;  // in another group
-      TORCH_CHECK(!(layer.convolution && !tangent), "GLRAMSGD: the full projected step (projection=\"full\") is not "
-                  "implemented for ", describe(layer), "; use projection=\"tangent\"");
+      TORCH_CHECK(!(layer.convolution && !tangent),
+                  "GLRAMSGD: the full projected step (projection=\"full\") is not "
+                  "implemented for ",
+                  describe(layer), "; use projection=\"tangent\"");
       const auto weight = flat_weight(layer.weight);
       const auto& weight_grad = layer.weight.grad();
       const auto& S_grad = layer.S.grad();
       const double sign = options.maximize() ? -1.0 : 1.0;  // maximize: step along −gradient
-      if (!weight_grad.defined() && !S_grad.defined()) {  // no gradient: no step, as for SGD
+      if (!weight_grad.defined() && !S_grad.defined()) {    // no gradient: no step, as for SGD
         updates.needs_batch[l] = needs_batch(options.projection(), layer);
         continue;
       }
@@ -292,8 +299,7 @@ StepUpdates glram_sgd_updates(const std::vector<StepGroup>& groups, const std::v
           updates.values.emplace_back(layer.weight, result.projection.weight.view(layer.weight.sizes()));
           updates.values.emplace_back(layer.S, result.projection.S);
           if (result.momentum_buffer.defined()) {
-            updates.momentum_buffers.emplace_back(layer.weight,
-                                                  result.momentum_buffer.dW.view(layer.weight.sizes()));
+            updates.momentum_buffers.emplace_back(layer.weight, result.momentum_buffer.dW.view(layer.weight.sizes()));
             updates.momentum_buffers.emplace_back(layer.S, result.momentum_buffer.dS);
           }
           updates.projections.push_back(std::move(result.projection));
@@ -303,15 +309,18 @@ StepUpdates glram_sgd_updates(const std::vector<StepGroup>& groups, const std::v
       }
       // The full projected step: projection "full", or a layer off the rank-r model.
       TORCH_CHECK(!layer.convolution, "GLRAMSGD: the tangent step does not apply to the ", describe(layer), ": ",
-                  unavailable, ". It needs the full projected step, which is not implemented for convolutions; "
+                  unavailable,
+                  ". It needs the full projected step, which is not implemented for convolutions; "
                   "re-initialise the layer (reset_parameters) or give it to another optimizer");
       if (!layer.X.defined()) {
         const bool zero_gradient = !weight_grad.any().item<bool>() && !S_grad.any().item<bool>();
-        TORCH_CHECK(!tangent || zero_gradient, "GLRAMSGD: the tangent step does not apply to the ", describe(layer), ": ", unavailable,
+        TORCH_CHECK(!tangent || zero_gradient, "GLRAMSGD: the tangent step does not apply to the ", describe(layer),
+                    ": ", unavailable,
                     ". Its step is the full projected step, which needs the batch captured during forward/backward, "
                     "and none was captured (were the parameters set after the previous step? then run forward and "
                     "backward again before step())");
-        TORCH_CHECK(zero_gradient, "GLRAMSGD: the ", describe(layer), " has gradients but no captured batch, which "
+        TORCH_CHECK(zero_gradient, "GLRAMSGD: the ", describe(layer),
+                    " has gradients but no captured batch, which "
                     "its full projected step (projection=\"full\") needs. Either another optimizer over the same "
                     "layer stepped first (a step consumes the batch: step a layer with one optimizer, or use "
                     "projection=\"tangent\", which steps from .grad), or its forward ran before this optimizer "
@@ -321,8 +330,8 @@ StepUpdates glram_sgd_updates(const std::vector<StepGroup>& groups, const std::v
       // Under autocast the batch may be in a lower precision than the layer (the op ran in the
       // parameters' float32 on the cast input): the gradients are those of the cast batch.
       const auto X = layer.X.to(layer.weight.scalar_type()), G = layer.G.to(layer.weight.scalar_type());
-      const double scale = captured_gradient_scale(layer.weight, layer.S, X, G, weight_grad, S_grad,
-                                                   layer.create_graph);
+      const double scale =
+          captured_gradient_scale(layer.weight, layer.S, X, G, weight_grad, S_grad, layer.create_graph);
       auto result = quadratic_layer_step(layer.weight, layer.S, X, scale * sign == 1.0 ? G : G * (scale * sign),
                                          options.lr(), options.weight_decay(), glram_options);
       updates.needs_batch[l] = needs_batch(options.projection(), {result.weight, result.S});

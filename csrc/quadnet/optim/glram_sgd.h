@@ -24,9 +24,9 @@ namespace optim {
 //   A_i ← (1 − lr·weight_decay) W^T S_i W − lr · X^T diag(G[:, i]) X,  (W, S) ← GLRAM(A)
 // (factored, warm-started from W; exact eigen-projection for one output). Pure: the
 // arguments are not modified. Throws if the result is not finite.
-linalg::GLRAMResult quadratic_layer_step(const torch::Tensor& weight, const torch::Tensor& S,
-                                         const torch::Tensor& X, const torch::Tensor& G, double lr,
-                                         double weight_decay, const linalg::GLRAMOptions& options);
+linalg::GLRAMResult quadratic_layer_step(const torch::Tensor& weight, const torch::Tensor& S, const torch::Tensor& X,
+                                         const torch::Tensor& G, double lr, double weight_decay,
+                                         const linalg::GLRAMOptions& options);
 
 // How the gradients the user left in weight.grad and S.grad relate to the captured batch
 // (docs/glram.rst, "Edited gradients"). The batch implies ∂ℓ/∂S_i = H^T diag(G[:, i]) H and
@@ -84,7 +84,7 @@ struct GLRAMSGDOptions : public torch::optim::OptimizerCloneableOptions<GLRAMSGD
   TORCH_ARG(bool, maximize) = false;    // as torch.optim.SGD: ascend the objective (every parameter)
   TORCH_ARG(double, weight_decay) = 0;  // all parameters (canonical for quadratic layers)
   // The GLRAM options, with linalg::GLRAMOptions' defaults (their one definition).
-  TORCH_ARG(double, tol) = linalg::GLRAMOptions().tol();            // stopping tolerance
+  TORCH_ARG(double, tol) = linalg::GLRAMOptions().tol();             // stopping tolerance
   TORCH_ARG(int64_t, max_iter) = linalg::GLRAMOptions().max_iter();  // iterations per step
   TORCH_ARG(std::string, solver) = linalg::GLRAMOptions().solver();  // "rayleigh_ritz" or "exact"
   // How a quadratic layer is projected (docs/glram.rst): "tangent" (default), the tangent-space
@@ -101,9 +101,9 @@ struct GLRAMSGDOptions : public torch::optim::OptimizerCloneableOptions<GLRAMSGD
   void set_lr(const double lr) override { this->lr(lr); }
 };
 
-// Throws c10::ValueError (Python: ValueError) unless lr, momentum, dampening, weight_decay ≥ 0, max_iter ≥ 0, nesterov only with
-// momentum > 0 and dampening 0, and solver and projection are known (each group's options are
-// checked when an optimizer is built, in both languages).
+// Throws c10::ValueError (Python: ValueError) unless lr, momentum, dampening, weight_decay ≥ 0, max_iter ≥ 0, nesterov
+// only with momentum > 0 and dampening 0, and solver and projection are known (each group's options are checked when an
+// optimizer is built, in both languages).
 void check_options(const GLRAMSGDOptions& options);
 
 // ---- one step, shared by the C++ optimizer and Python's quadnet.optim.GLRAMSGD ----
@@ -134,7 +134,7 @@ struct StepGroup {
 struct StepUpdates {
   std::vector<std::pair<torch::Tensor, torch::Tensor>> values;            // projected: (parameter, new value)
   std::vector<std::pair<torch::Tensor, torch::Tensor>> momentum_buffers;  // projected: (parameter, new buffer)
-  std::vector<SGDUpdate> sgd_updates;  // every other parameter with a gradient, checked finite
+  std::vector<SGDUpdate> sgd_updates;            // every other parameter with a gradient, checked finite
   std::vector<linalg::GLRAMResult> projections;  // one per layer stepped, in group order
   // Per layer (in the order given): whether its next step needs a captured batch — projection
   // "full", or a layer the tangent step does not apply to (tangent_step_unavailable).

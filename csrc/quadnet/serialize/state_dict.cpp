@@ -39,13 +39,11 @@ void load_state_dict(torch::nn::Module& module, const std::string& path) {
   for (const auto& entry : entries) {
     auto found = loaded.find(entry.first);
     TORCH_CHECK(found != loaded.end(), "load_state_dict: missing key '", entry.first, "' in '", path, "'");
-    TORCH_CHECK(found->second.sizes() == entry.second.sizes(), "load_state_dict: '", entry.first,
-                "' has shape ", found->second.sizes(), " in the file but ", entry.second.sizes(),
-                " in the module");
+    TORCH_CHECK(found->second.sizes() == entry.second.sizes(), "load_state_dict: '", entry.first, "' has shape ",
+                found->second.sizes(), " in the file but ", entry.second.sizes(), " in the module");
   }
   for (const auto& item : loaded) {
-    TORCH_CHECK(entries.count(item.first), "load_state_dict: unexpected key '", item.first,
-                "' in '", path, "'");
+    TORCH_CHECK(entries.count(item.first), "load_state_dict: unexpected key '", item.first, "' in '", path, "'");
   }
   torch::NoGradGuard no_grad;
   for (auto& entry : entries) entry.second.copy_(loaded.at(entry.first));

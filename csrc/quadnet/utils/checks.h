@@ -23,9 +23,8 @@ inline void check_same_floating(const char* op, std::initializer_list<NamedTenso
     TORCH_CHECK(t.second.scalar_type() == first.second.scalar_type(), op, ": expected ", t.first,
                 " to have the dtype of ", first.first, " (", first.second.scalar_type(), "), got ",
                 t.second.scalar_type());
-    TORCH_CHECK(t.second.device() == first.second.device(), op, ": expected ", t.first,
-                " on the device of ", first.first, " (", first.second.device(), "), got ",
-                t.second.device());
+    TORCH_CHECK(t.second.device() == first.second.device(), op, ": expected ", t.first, " on the device of ",
+                first.first, " (", first.second.device(), "), got ", t.second.device());
   }
 }
 
