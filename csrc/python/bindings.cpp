@@ -7,8 +7,9 @@
 
 namespace {
 
-quadnet::linalg::GLRAMOptions glram_options(double tol, int64_t max_iter, const std::string& solver) {
-  return quadnet::linalg::GLRAMOptions().tol(tol).max_iter(max_iter).solver(solver);
+// Options as Python passes them (the solver by name; a wrong name is a ValueError naming `op`).
+quadnet::linalg::GLRAMOptions glram_options(const char* op, double tol, int64_t max_iter, const std::string& solver) {
+  return quadnet::linalg::GLRAMOptions().tol(tol).max_iter(max_iter).solver(quadnet::linalg::parse_solver(solver, op));
 }
 
 // A Python param group's GLRAMSGD options (the keys torch.optim fills from the defaults).
@@ -18,11 +19,11 @@ quadnet::optim::GLRAMSGDOptions glram_sgd_options(const py::dict& group) {
       .weight_decay(group["weight_decay"].cast<double>())
       .tol(group["tol"].cast<double>())
       .max_iter(group["max_iter"].cast<int64_t>())
-      .solver(group["solver"].cast<std::string>())
+      .solver(quadnet::linalg::parse_solver(group["solver"].cast<std::string>(), "GLRAMSGD"))
       .dampening(group["dampening"].cast<double>())
       .nesterov(group["nesterov"].cast<bool>())
       .maximize(group["maximize"].cast<bool>())
-      .projection(group["projection"].cast<std::string>());
+      .projection(quadnet::optim::parse_projection(group["projection"].cast<std::string>(), "GLRAMSGD"));
 }
 
 }  // namespace
@@ -42,8 +43,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "glram",
       [](const torch::Tensor& A, int64_t rank, double tol, int64_t max_iter, c10::optional<torch::Tensor> init,
          const std::string& solver) {
-        return quadnet::linalg::glram(A, rank,
-                                      glram_options(tol, max_iter, solver).init(init.value_or(torch::Tensor())));
+        return quadnet::linalg::glram(
+            A, rank, glram_options("glram", tol, max_iter, solver).init(init.value_or(torch::Tensor())));
       },
       py::arg("A"), py::arg("rank"), py::arg("tol"), py::arg("max_iter"), py::arg("init"), py::arg("solver"),
       py::call_guard<py::gil_scoped_release>());
@@ -51,7 +52,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "projected_step",
       [](const torch::Tensor& weight, const torch::Tensor& S, const torch::Tensor& X, const torch::Tensor& G, double lr,
          double tol, int64_t max_iter, const std::string& solver) {
-        return quadnet::linalg::projected_step(weight, S, X, G, lr, glram_options(tol, max_iter, solver));
+        return quadnet::linalg::projected_step(weight, S, X, G, lr,
+                                               glram_options("projected_step", tol, max_iter, solver));
       },
       py::arg("weight"), py::arg("S"), py::arg("X"), py::arg("G"), py::arg("lr"), py::arg("tol"), py::arg("max_iter"),
       py::arg("solver"), py::call_guard<py::gil_scoped_release>());
@@ -60,7 +62,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "tangent_step",
       [](const torch::Tensor& weight, const torch::Tensor& S, const torch::Tensor& weight_grad,
          const torch::Tensor& S_grad, double lr, double tol, int64_t max_iter, const std::string& solver) {
-        return quadnet::linalg::tangent_step(weight, S, weight_grad, S_grad, lr, glram_options(tol, max_iter, solver));
+        return quadnet::linalg::tangent_step(weight, S, weight_grad, S_grad, lr,
+                                             glram_options("tangent_step", tol, max_iter, solver));
       },
       py::arg("weight"), py::arg("S"), py::arg("weight_grad"), py::arg("S_grad"), py::arg("lr"), py::arg("tol"),
       py::arg("max_iter"), py::arg("solver"), py::call_guard<py::gil_scoped_release>());
@@ -72,7 +75,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   py::dict linalg_defaults;
   linalg_defaults["tol"] = glram_defaults.tol();
   linalg_defaults["max_iter"] = glram_defaults.max_iter();
-  linalg_defaults["solver"] = glram_defaults.solver();
+  linalg_defaults["solver"] = quadnet::linalg::solver_name(glram_defaults.solver());
   linalg.attr("DEFAULTS") = linalg_defaults;
 
   auto optim = m.def_submodule("optim", "optimizer update rules");
@@ -84,8 +87,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   glram_sgd_defaults["weight_decay"] = sgd_defaults.weight_decay();
   glram_sgd_defaults["tol"] = sgd_defaults.tol();
   glram_sgd_defaults["max_iter"] = sgd_defaults.max_iter();
-  glram_sgd_defaults["solver"] = sgd_defaults.solver();
-  glram_sgd_defaults["projection"] = sgd_defaults.projection();
+  glram_sgd_defaults["solver"] = quadnet::linalg::solver_name(sgd_defaults.solver());
+  glram_sgd_defaults["projection"] = quadnet::optim::projection_name(sgd_defaults.projection());
   glram_sgd_defaults["maximize"] = sgd_defaults.maximize();
   optim.attr("GLRAMSGD_DEFAULTS") = glram_sgd_defaults;
   const quadnet::optim::EndToEndSGDOptions end_to_end_defaults(/*lr=*/0);
@@ -96,7 +99,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   optim.def(
       "needs_batch",
       [](const std::string& projection, const torch::Tensor& weight, const torch::Tensor& S, bool convolution) {
-        return quadnet::optim::needs_batch(projection, {weight, S, {}, {}, convolution});
+        return quadnet::optim::needs_batch(quadnet::optim::parse_projection(projection, "GLRAMSGD"),
+                                           {weight, S, {}, {}, convolution});
       },
       py::arg("projection"), py::arg("weight"), py::arg("S"), py::arg("convolution"),
       py::call_guard<py::gil_scoped_release>());
@@ -159,6 +163,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       py::arg("stride"), py::arg("padding"), py::arg("dilation"), py::arg("rank_at_most_patch"));
   // Called from the Python layers' autograd hooks (the C++ layers' hooks call it directly).
   nn.def("backward_accumulates_into", &quadnet::nn::backward_accumulates_into, py::arg("param"));
+  nn.def(
+      "num_free_parameters",
+      [](const std::string& name, std::vector<int64_t> sizes) {
+        return quadnet::nn::num_free_parameters(name, torch::IntArrayRef(sizes));
+      },
+      py::arg("name"), py::arg("sizes"));
   nn.def("diagonal_parameters", &quadnet::nn::diagonal_parameters, py::arg("weight"), py::arg("S"));
   nn.def(
       "init_quadratic_layer_",

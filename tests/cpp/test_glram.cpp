@@ -101,7 +101,7 @@ TEST(GLRAM, FactoredStepWithDependentSamplesMatchesDenseProjection) {
 TEST(GLRAM, FactoredStepWithNearlyDependentWeightRowsMatchesDenseProjection) {
   torch::manual_seed(4);
   const int64_t d = 40, r = 3, n = 4, B = 8;
-  for (const char* solver : {"rayleigh_ritz", "exact"}) {
+  for (auto solver : {quadnet::linalg::GLRAMSolver::rayleigh_ritz, quadnet::linalg::GLRAMSolver::exact}) {
     for (int trial = 0; trial < 3; ++trial) {
       auto W = torch::randn({r, d}, torch::kFloat64), S = torch::randn({n, r, r}, torch::kFloat64);
       auto X = torch::randn({B, d}, torch::kFloat64), G = torch::randn({B, n}, torch::kFloat64);
@@ -112,7 +112,8 @@ TEST(GLRAM, FactoredStepWithNearlyDependentWeightRowsMatchesDenseProjection) {
       auto A = quadnet::canonical_form(W, S) - lr * quadnet::canonical_gradient(X, G);
       auto dense = quadnet::linalg::glram(A, r, GLRAMOptions(opts).init(W));
       EXPECT_TRUE(torch::allclose(step.objective, dense.objective, 1e-8, 0))
-          << solver << " trial " << trial << ": " << step.objective << " vs " << dense.objective;
+          << quadnet::linalg::solver_name(solver) << " trial " << trial << ": " << step.objective << " vs "
+          << dense.objective;
     }
   }
 }
@@ -130,7 +131,8 @@ TEST(GLRAM, RayleighRitzAgreesWithExactOnTrainingSteps) {
     auto X = torch::randn({B, d}, torch::kFloat64);
     auto G = (quadnet::quadratic_form(X, W, S) - quadnet::quadratic_form(X, W_true, S_true)) / (B * d);
     auto fast = quadnet::linalg::projected_step(W, S, X, G, 0.01);
-    auto exact = quadnet::linalg::projected_step(W, S, X, G, 0.01, GLRAMOptions().solver("exact"));
+    auto exact =
+        quadnet::linalg::projected_step(W, S, X, G, 0.01, GLRAMOptions().solver(quadnet::linalg::GLRAMSolver::exact));
     const double f = fast.objective[-1].item<double>(), e = exact.objective[-1].item<double>();
     EXPECT_NEAR(f, e, 1e-3 * e) << "step " << step;
     EXPECT_TRUE((fast.objective.diff() <= 1e-12).all().item<bool>()) << "step " << step;
@@ -153,7 +155,8 @@ TEST(GLRAM, RayleighRitzAgreesWithExactOnRandomProblems) {
       auto W = layer->weight.detach(), S = layer->S.detach();
       auto X = torch::randn({B, d}, torch::kFloat64), G = torch::randn({B, n}, torch::kFloat64) / B;
       auto fast = quadnet::linalg::projected_step(W, S, X, G, 0.1, GLRAMOptions().max_iter(1000));
-      auto exact = quadnet::linalg::projected_step(W, S, X, G, 0.1, GLRAMOptions().max_iter(1000).solver("exact"));
+      auto exact = quadnet::linalg::projected_step(
+          W, S, X, G, 0.1, GLRAMOptions().max_iter(1000).solver(quadnet::linalg::GLRAMSolver::exact));
       ASSERT_TRUE(fast.converged && exact.converged);
       const double f = fast.objective[-1].item<double>(), e = exact.objective[-1].item<double>();
       EXPECT_NEAR(f, e, 1e-3 * e) << "(B, d, r, n) = (" << B << ", " << d << ", " << r << ", " << n << "), seed "
@@ -173,10 +176,20 @@ TEST(GLRAM, BadInputIsRejected) {
   auto asym = A.clone();
   asym[1][0][2] += 1.0;
   EXPECT_THROW(quadnet::linalg::glram(asym, 2), c10::Error);
+}
+
+// The solver's names, as Python and saved optimizer state give them: one parser, a ValueError
+// naming the op otherwise.
+TEST(GLRAM, SolverNamesRoundTripAndUnknownOnesAreValueErrors) {
+  using quadnet::linalg::GLRAMSolver;
+  for (auto solver : {GLRAMSolver::rayleigh_ritz, GLRAMSolver::exact})
+    EXPECT_EQ(quadnet::linalg::parse_solver(quadnet::linalg::solver_name(solver), "glram"), solver);
+  EXPECT_STREQ(quadnet::linalg::solver_name(GLRAMSolver::exact), "exact");
+  EXPECT_EQ(GLRAMOptions().solver(), GLRAMSolver::rayleigh_ritz);
   try {
-    quadnet::linalg::glram(A, 2, GLRAMOptions().solver("lanczos"));
+    quadnet::linalg::parse_solver("lanczos", "glram");
     FAIL() << "expected an error";
-  } catch (const c10::Error& e) {
+  } catch (const c10::ValueError& e) {
     EXPECT_NE(std::string(e.what()).find("glram: solver must be \"rayleigh_ritz\" or \"exact\", got \"lanczos\""),
               std::string::npos);
   }

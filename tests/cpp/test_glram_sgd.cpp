@@ -23,7 +23,7 @@ TEST(GLRAMSGD, OneStepEqualsDenseCanonicalStep) {
   auto x = torch::randn({5, 12}, torch::kFloat64);
   auto target = torch::randn({5, 3}, torch::kFloat64);
   const double lr = 0.05;
-  GLRAMSGD opt(*layer, GLRAMSGDOptions(lr).tol(0).max_iter(3).projection("full"));
+  GLRAMSGD opt(*layer, GLRAMSGDOptions(lr).tol(0).max_iter(3).projection(quadnet::optim::GLRAMSGDProjection::full));
   opt.zero_grad();
   auto loss = 0.5 * (layer->forward(x) - target).square().sum();
   loss.backward();
@@ -101,17 +101,57 @@ TEST(GLRAMSGD, StateRoundTripContinuesIdentically) {
   torch::save(b, model_stream);
   torch::save(opt_b, opt_stream);
   auto c = make();
-  GLRAMSGD opt_c(*c, GLRAMSGDOptions(0.5).momentum(0.9).max_iter(7).solver("exact"));  // restored by load
+  GLRAMSGD opt_c(*c, GLRAMSGDOptions(0.5).momentum(0.9).max_iter(7).solver(
+                         quadnet::linalg::GLRAMSolver::exact));  // restored by load
   torch::load(c, model_stream);
   torch::load(opt_c, opt_stream);
   const auto& restored = static_cast<const GLRAMSGDOptions&>(opt_c.param_groups()[0].options());
   EXPECT_EQ(restored.lr(), 0.01);
   EXPECT_EQ(restored.momentum(), 0.5);
   EXPECT_EQ(restored.max_iter(), 100);
-  EXPECT_EQ(restored.solver(), "rayleigh_ritz");
+  EXPECT_EQ(restored.solver(), quadnet::linalg::GLRAMSolver::rayleigh_ritz);
   run(c, opt_c, 2);
   auto pa = a->parameters(), pc = c->parameters();
   for (size_t i = 0; i < pa.size(); ++i) EXPECT_TRUE(torch::equal(pa[i], pc[i])) << i;
+}
+
+// The solver and the projection are saved by name (as Python's state dicts hold them) and come
+// back as the enumerators; a name no version wrote is a ValueError.
+TEST(GLRAMSGD, SolverAndProjectionAreSavedByName) {
+  using quadnet::linalg::GLRAMSolver;
+  using quadnet::optim::GLRAMSGDProjection;
+  for (auto projection : {GLRAMSGDProjection::tangent, GLRAMSGDProjection::full})
+    EXPECT_EQ(quadnet::optim::parse_projection(quadnet::optim::projection_name(projection), "GLRAMSGD"), projection);
+  EXPECT_EQ(GLRAMSGDOptions(0.1).projection(), GLRAMSGDProjection::tangent);
+  EXPECT_THROW(quadnet::optim::parse_projection("tangential", "GLRAMSGD"), c10::ValueError);
+
+  auto saved = GLRAMSGDOptions(0.1).solver(GLRAMSolver::exact).projection(GLRAMSGDProjection::full);
+  torch::serialize::OutputArchive out;
+  saved.serialize(out);
+  std::stringstream stream;
+  out.save_to(stream);
+  torch::serialize::InputArchive in;
+  in.load_from(stream);
+  c10::IValue name;
+  ASSERT_TRUE(in.try_read("projection", name));
+  EXPECT_EQ(name.toStringRef(), "full");
+  GLRAMSGDOptions restored(0.5);
+  restored.serialize(in);
+  EXPECT_EQ(restored.solver(), GLRAMSolver::exact);
+  EXPECT_EQ(restored.projection(), GLRAMSGDProjection::full);
+
+  torch::serialize::OutputArchive bad;
+  bad.write("lr", c10::IValue(0.1));
+  bad.write("momentum", c10::IValue(0.0));
+  bad.write("weight_decay", c10::IValue(0.0));
+  bad.write("tol", c10::IValue(1e-6));
+  bad.write("max_iter", c10::IValue(int64_t{3}));
+  bad.write("solver", c10::IValue(std::string("lanczos")));
+  std::stringstream bad_stream;
+  bad.save_to(bad_stream);
+  torch::serialize::InputArchive bad_in;
+  bad_in.load_from(bad_stream);
+  EXPECT_THROW(restored.serialize(bad_in), c10::ValueError);
 }
 
 TEST(GLRAMSGD, ParamGroupsGiveProjectedLayersTheirOwnOptions) {
@@ -154,7 +194,7 @@ TEST(GLRAMSGD, EditedGradientsScaleTheStepOrThrow) {
   layer->to(torch::kFloat64);
   auto W0 = layer->weight.detach().clone(), S0 = layer->S.detach().clone();
   auto x = torch::randn({6, 12}, torch::kFloat64), target = torch::randn({6, 3}, torch::kFloat64);
-  GLRAMSGD opt(*layer, GLRAMSGDOptions(0.05).projection("full"));
+  GLRAMSGD opt(*layer, GLRAMSGDOptions(0.05).projection(quadnet::optim::GLRAMSGDProjection::full));
   opt.zero_grad();
   (0.5 * (layer->forward(x) - target).square().sum()).backward();
   const double norm = torch::nn::utils::clip_grad_norm_(layer->parameters(), 1e-3);
@@ -183,9 +223,10 @@ TEST(GLRAMSGD, CaptureIsBoundedAndEndsWithItsOptimizers) {
   torch::manual_seed(8);
   QuadraticLayer layer(6, 3, 2);
   auto x = torch::randn({4, 6});
-  auto first = std::make_unique<GLRAMSGD>(*layer, GLRAMSGDOptions(0.01).projection("full"));
+  auto first =
+      std::make_unique<GLRAMSGD>(*layer, GLRAMSGDOptions(0.01).projection(quadnet::optim::GLRAMSGDProjection::full));
   {
-    GLRAMSGD second(*layer, GLRAMSGDOptions(0.01).projection("full"));
+    GLRAMSGD second(*layer, GLRAMSGDOptions(0.01).projection(quadnet::optim::GLRAMSGDProjection::full));
     for (int i = 0; i < 20; ++i) layer->forward(x).sum();  // graphs freed at once
     EXPECT_FALSE(layer->captured().first.defined());
     layer->forward(x).sum().backward();
@@ -216,7 +257,7 @@ struct FullStep {
 TEST(GLRAMSGDGradientPasses, AnAutogradGradPassOverTheInputsIsNotCaptured) {
   torch::manual_seed(20);
   FullStep s;
-  GLRAMSGD opt(*s.layer, GLRAMSGDOptions(0.05).projection("full"));
+  GLRAMSGD opt(*s.layer, GLRAMSGDOptions(0.05).projection(quadnet::optim::GLRAMSGDProjection::full));
   auto x = s.x.clone().requires_grad_(true);
   auto grad_x = torch::autograd::grad({s.layer->forward(x).square().sum()}, {x})[0];
   EXPECT_FALSE(s.layer->captured().first.defined());  // .grad untouched: nothing recorded
@@ -232,7 +273,7 @@ TEST(GLRAMSGDGradientPasses, AnAutogradGradPassOverTheInputsIsNotCaptured) {
 TEST(GLRAMSGDGradientPasses, AGradientPenaltyWithTheFullStepNamesCreateGraph) {
   torch::manual_seed(21);
   FullStep s;
-  GLRAMSGD opt(*s.layer, GLRAMSGDOptions(0.05).projection("full"));
+  GLRAMSGD opt(*s.layer, GLRAMSGDOptions(0.05).projection(quadnet::optim::GLRAMSGDProjection::full));
   auto x = s.x.clone().requires_grad_(true);
   auto y = s.layer->forward(x).square().sum();
   auto grad_x = torch::autograd::grad({y}, {x}, /*grad_outputs=*/{}, /*retain_graph=*/true, /*create_graph=*/true)[0];
@@ -249,8 +290,8 @@ TEST(GLRAMSGDGradientPasses, AGradientPenaltyWithTheFullStepNamesCreateGraph) {
 TEST(GLRAMSGDGradientPasses, ASecondFullOptimizerWithoutABatchRefuses) {
   torch::manual_seed(22);
   FullStep s;
-  GLRAMSGD first(*s.layer, GLRAMSGDOptions(0.05).projection("full"));
-  GLRAMSGD second(*s.layer, GLRAMSGDOptions(0.05).projection("full"));
+  GLRAMSGD first(*s.layer, GLRAMSGDOptions(0.05).projection(quadnet::optim::GLRAMSGDProjection::full));
+  GLRAMSGD second(*s.layer, GLRAMSGDOptions(0.05).projection(quadnet::optim::GLRAMSGDProjection::full));
   s.layer->forward(s.x).square().sum().backward();
   first.step();
   const auto message = error_of([&] { second.step(); });
@@ -261,7 +302,7 @@ TEST(GLRAMSGDGradientPasses, BFloat16GradientsAreNotMistakenForEdits) {
   torch::manual_seed(23);
   QuadraticLayer layer(quadnet::nn::QuadraticLayerOptions(32, 4, 5).bias(false));
   layer->to(torch::kBFloat16);
-  GLRAMSGD opt(*layer, GLRAMSGDOptions(0.01).projection("full"));
+  GLRAMSGD opt(*layer, GLRAMSGDOptions(0.01).projection(quadnet::optim::GLRAMSGDProjection::full));
   layer->forward(torch::randn({64, 32}).to(torch::kBFloat16)).to(torch::kFloat32).square().mean().backward();
   EXPECT_EQ(error_of([&] { opt.step(); }), "no error");
   EXPECT_EQ(opt.last_projections().size(), 1u);

@@ -136,7 +136,8 @@ TEST(PolynomialConvBlock, StateDictRoundTrip) {
 TEST(QuadraticConv2d, GLRAMSGDRefusesItsFullStep) {
   torch::nn::Sequential model(QuadraticConv2d(1, 2, 3, 2), quadnet::nn::QuadraticLayer(3, 2, 2));
   EXPECT_NE(error_of([&] {
-              quadnet::optim::GLRAMSGD(*model, quadnet::optim::GLRAMSGDOptions(0.1).projection("full"));
+              quadnet::optim::GLRAMSGD(
+                  *model, quadnet::optim::GLRAMSGDOptions(0.1).projection(quadnet::optim::GLRAMSGDProjection::full));
             }).find("not implemented for convolutions"),
             std::string::npos);
 }

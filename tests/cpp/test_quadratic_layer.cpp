@@ -97,6 +97,18 @@ TEST(QuadraticLayer, ParametersCanonicalAndCount) {
   EXPECT_EQ(no_bias->num_parameters(), 3 * 6 + 4 * 6);
 }
 
+TEST(QuadraticLayer, FreeParametersOfAnyModel) {
+  // Each S_i (r x r) counts r(r+1)/2; everything else, quadnet's or not, its elements.
+  torch::nn::Sequential model(quadnet::nn::QuadraticLayer(6, 4, 3), torch::nn::Linear(4, 2),
+                              quadnet::nn::DiagonalQuadraticLayer(2, 2, 2));
+  EXPECT_EQ(quadnet::nn::num_free_parameters(*model), (3 * 6 + 4 * 6 + 4) + (4 * 2 + 2) + (2 * 2 + 2 * 2 + 2));
+  EXPECT_EQ(quadnet::nn::num_free_parameters("0.S", {4, 3, 3}), 4 * 6);
+  EXPECT_EQ(quadnet::nn::num_free_parameters("S", {5, 2, 2}), 5 * 3);
+  EXPECT_EQ(quadnet::nn::num_free_parameters("0.SS", {4, 3, 3}), 36);  // only a parameter named S
+  EXPECT_EQ(quadnet::nn::num_free_parameters("S", {4, 3, 2}), 24);     // and only square forms
+  EXPECT_EQ(quadnet::nn::num_free_parameters("weight", {3, 6}), 18);
+}
+
 TEST(DiagonalQuadraticLayer, MatchesCanonicalForm) {
   torch::manual_seed(4);
   quadnet::nn::DiagonalQuadraticLayer layer(5, 2, 3);

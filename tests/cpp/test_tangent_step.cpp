@@ -48,7 +48,7 @@ using quadnet::testing::error_of;
 
 TEST(TangentStep, AgreesWithTheFullStepToFirstOrder) {
   auto l = random_layer(30, 4, 3, 50);
-  auto exact = GLRAMOptions().tol(0).max_iter(500).solver("exact");
+  auto exact = GLRAMOptions().tol(0).max_iter(500).solver(quadnet::linalg::GLRAMSolver::exact);
   std::vector<double> differences;
   for (double lr : {0.02, 0.01, 0.005}) {
     auto tangent = quadnet::linalg::tangent_step(l.W, l.S, l.weight_grad, l.S_grad, lr, exact);

@@ -347,5 +347,6 @@ def test_zero_weight_starts_from_the_classic_start():
                              solver="Exact"),
 ])
 def test_unknown_solver_is_rejected(call):
-    with pytest.raises(RuntimeError, match=r'solver must be "rayleigh_ritz" or "exact", got "(lanczos|Exact)"'):
+    message = r'(glram|projected_step): solver must be "rayleigh_ritz" or "exact", got "(lanczos|Exact)"'
+    with pytest.raises(ValueError, match=message):
         call(canonical_form(*random_model(3, 6, 2)))

@@ -22,6 +22,19 @@ def test_parameters_and_init():
     assert not torch.equal(before, layer.weight)
 
 
+def test_num_free_parameters_of_any_model():
+    """The count every num_parameters() returns, for any model: each S_i (r x r) counts r(r+1)/2."""
+    model = torch.nn.Sequential(QuadraticLayer(6, 4, rank=3), torch.nn.Linear(4, 2), DiagonalQuadraticLayer(2, 2, 2))
+    expected = (3 * 6 + 4 * 6 + 4) + (4 * 2 + 2) + (2 * 2 + 2 * 2 + 2)
+    assert quadnet.nn.num_free_parameters(model) == expected
+    assert quadnet.nn.num_free_parameters(model) == sum(p.numel() for p in model.parameters()) - 4 * 3
+    with torch.device("meta"):  # shapes only
+        assert quadnet.nn.num_free_parameters(QuadraticLayer(6, 4, rank=3)) == 3 * 6 + 4 * 6 + 4
+    # only a parameter named S, and only a square form
+    assert quadnet._C.nn.num_free_parameters("SS", [4, 3, 3]) == 36
+    assert quadnet._C.nn.num_free_parameters("S", [4, 3, 2]) == 24
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_forward_matches_canonical_bilinear(device):
     layer = QuadraticLayer(7, 3, rank=2).double().to(device)

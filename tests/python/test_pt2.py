@@ -1,8 +1,19 @@
 """PyTorch 2.x integration of the ops: opcheck (schema, autograd registration, FakeTensor,
 AOT dispatch with dynamic shapes), torch.compile(fullgraph=True) against eager, torch.export."""
+import math
+
 import pytest
 import torch
-from quadnet_testing import DEVICES
+from quadnet_testing import (
+    CONV_CASES,
+    DEVICES,
+    FEATURE_CASES,
+    FORM_CASES,
+    conv_shapes,
+    feature_shapes,
+    form_shapes,
+    pair,
+)
 from torch.library import opcheck
 
 from quadnet.nn import DeepPolynomialNet, QuadraticLayer
@@ -14,20 +25,33 @@ def tensors(*shapes, device, dtype, requires_grad):
     return [torch.randn(*s, device=device, dtype=dtype, requires_grad=requires_grad) for s in shapes]
 
 
-# op -> argument shapes: each is checked with and without inputs that need gradients.
+def form_helper_shapes(batch, d, r, n):
+    """_quadratic_form_forward's (x (B, d), weight, S) and _quadratic_form_backward's
+    (grad (B, n), H (B, r), Z (B, n, r)) for a quadratic_form case."""
+    B = math.prod(batch)
+    return [(B, d), (r, d), (n, r, r)], [(B, n), (B, r), (B, n, r)]
+
+
+def conv_sample(shape, rank, out, kernel, stride, padding, dilation):
+    return conv_shapes(shape, rank, out, kernel), tuple(list(pair(v)) for v in (stride, padding, dilation))
+
+
+# op -> argument shapes (and the op's other arguments, where it has some): each is checked with and
+# without inputs that need gradients. The ops the functional tests cover get those tests' own cases
+# (quadnet_testing), plus sizes that take the kernels' other routes (many outputs; several tiles of the
+# tiled CPU kernels).
 OP_SAMPLES = {
-    "quadratic_form": [[(5, 4), (3, 4), (2, 3, 3)], [(2, 3, 6), (4, 6), (40, 4, 4)], [(6,), (2, 6), (1, 2, 2)]],
-    "_quadratic_form_forward": [[(5, 4), (3, 4), (2, 3, 3)], [(7, 6), (4, 6), (40, 4, 4)]],
-    "_quadratic_form_backward": [[(5, 2), (5, 3), (5, 2, 3)], [(7, 40), (7, 4), (7, 40, 4)]],
+    "quadratic_form": [form_shapes(*case) for case in FORM_CASES] + [[(2, 3, 6), (4, 6), (40, 4, 4)]],
+    "_quadratic_form_forward": [form_helper_shapes(*case)[0] for case in FORM_CASES],
+    "_quadratic_form_backward": [form_helper_shapes(*case)[1] for case in FORM_CASES] + [[(7, 40), (7, 4), (7, 40, 4)]],
     "diagonal_quadratic_form": [[(5, 4), (3, 4), (2, 3)], [(2, 3, 6), (4, 6), (5, 4)]],
     "canonical_form": [[(3, 4), (2, 3, 3)]],
     "diagonal_canonical_form": [[(3, 4), (2, 3)]],
     "canonical_gradient": [[(6, 3), (6, 5)], [(6, 5), (6, 3)]],
-    # (shapes, the op's other arguments) where it has some
-    "quadratic_features": [[(5, 4), (3, 4, 4)], [(2, 3, 6), (40, 6, 6)], [(1,), (2, 1, 1)], [(300, 7), (5, 7, 7)]],
-    "_quadratic_features_backward": [[(5, 3), (5, 4), (3, 4, 4)], [(300, 40), (300, 6), (40, 6, 6)]],
-    "quadratic_conv2d": [([(2, 3, 6, 5), (4, 3, 3, 3), (5, 4, 4)], ([1, 1], [1, 1], [1, 1])),
-                         ([(3, 7, 6), (2, 3, 2, 3), (1, 2, 2)], ([2, 1], [0, 1], [1, 2]))],
+    "quadratic_features": [feature_shapes(*case) for case in FEATURE_CASES] + [[(300, 7), (5, 7, 7)]],
+    "_quadratic_features_backward": [[(math.prod(lead), n), (math.prod(lead), r), (n, r, r)]
+                                     for lead, r, n in FEATURE_CASES] + [[(300, 40), (300, 6), (40, 6, 6)]],
+    "quadratic_conv2d": [conv_sample(*case) for case in CONV_CASES],
     "diagonal_quadratic_conv2d": [([(2, 3, 6, 5), (4, 3, 3, 3), (5, 4)], ([2, 2], [1, 0], [1, 1]))],
 }
 

@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from quadnet_testing import DEVICES
+from quadnet_testing import CONV_CASES, DEVICES, FEATURE_CASES, conv_inputs, feature_inputs, pair
 from torch.autograd import gradcheck, gradgradcheck
 
 import quadnet
@@ -30,27 +30,10 @@ def unfold_reference(x, weight, S, stride=1, padding=0, dilation=1):
     W = weight.flatten(1)
     A = W.t() @ sym(S) @ W
     y = torch.einsum("ndl,ide,nel->nil", patches, A, patches)
-    span = _pair(dilation)[0] * (weight.shape[2] - 1) + 1
-    h_out = (xb.shape[2] + 2 * _pair(padding)[0] - span) // _pair(stride)[0] + 1
+    span = pair(dilation)[0] * (weight.shape[2] - 1) + 1
+    h_out = (xb.shape[2] + 2 * pair(padding)[0] - span) // pair(stride)[0] + 1
     y = y.reshape(xb.shape[0], S.shape[0], h_out, -1)
     return y if batched else y[0]
-
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else v
-
-
-# (x shape, rank, out_channels, kernel, stride, padding, dilation): unbatched input, rank 1,
-# one output, rectangular kernels and geometry.
-CONV_CASES = [((2, 3, 7, 6), 4, 5, 3, 1, 1, 1), ((1, 2, 6, 6), 1, 3, 2, 1, 0, 1),
-              ((2, 1, 5, 7), 3, 1, (1, 3), 2, (0, 1), 1), ((3, 6, 5), 2, 2, 3, (2, 1), 1, 2),
-              ((2, 2, 8, 8), 3, 4, 3, 2, 2, (2, 1))]
-
-
-def conv_inputs(shape, rank, out, kernel, device="cpu", dtype=torch.float64, requires_grad=True):
-    k = _pair(kernel)
-    kw = {"device": device, "dtype": dtype, "requires_grad": requires_grad}
-    return torch.randn(*shape, **kw), torch.randn(rank, shape[-3], *k, **kw), torch.randn(out, rank, rank, **kw)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -77,17 +60,11 @@ def test_conv_gradcheck_and_gradgradcheck(case, device):
     assert gradgradcheck(f, inputs)
 
 
-# (leading shape of h, r, n): many vectors (several tiles of the CPU kernel), r = 1, n = 1,
-# no vectors, one unbatched vector.
-FEATURE_CASES = [((4, 5), 3, 2), ((9,), 1, 4), ((6,), 4, 1), ((0,), 3, 2), ((), 5, 3), ((3, 2, 2), 6, 40)]
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", FEATURE_CASES)
 def test_features_gradcheck_and_reference(case, device):
     lead, r, n = case
-    h = torch.randn(*lead, r, device=device, requires_grad=True, **F64)
-    S = torch.randn(n, r, r, device=device, requires_grad=True, **F64)
+    h, S = feature_inputs(lead, r, n, device)
     y = quadratic_features(h, S)
     assert y.shape == (*lead, n)
     torch.testing.assert_close(y, torch.einsum("...a,iab,...b->...i", h, sym(S), h), rtol=1e-12, atol=1e-12)

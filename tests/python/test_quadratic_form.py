@@ -2,20 +2,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from quadnet_testing import DEVICES
+from quadnet_testing import DEVICES, FORM_CASES, form_inputs
 from torch.autograd import gradcheck, gradgradcheck
 
 import quadnet
 from quadnet.ops import quadratic_form
-
-# (batch shape, d, r, n): r=1, n=1, batch dims, 1-D input.
-SHAPES = [((5,), 4, 3, 2), ((6,), 3, 1, 4), ((4,), 5, 2, 1), ((2, 3), 4, 2, 3), ((), 3, 2, 2),
-          ((7,), 6, 4, 2)]
-
-
-def make(batch, d, r, n, dtype=torch.float64, requires_grad=True, device="cpu"):
-    kw = {"dtype": dtype, "requires_grad": requires_grad, "device": device}
-    return torch.randn(*batch, d, **kw), torch.randn(r, d, **kw), torch.randn(n, r, r, **kw)
 
 
 def dense_reference(x, weight, S):
@@ -26,21 +17,21 @@ def dense_reference(x, weight, S):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", FORM_CASES)
 def test_gradcheck(shape, device):
-    assert gradcheck(quadratic_form, make(*shape, device=device))
+    assert gradcheck(quadratic_form, form_inputs(*shape, device=device))
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", FORM_CASES)
 def test_gradgradcheck(shape, device):
-    assert gradgradcheck(quadratic_form, make(*shape, device=device))
+    assert gradgradcheck(quadratic_form, form_inputs(*shape, device=device))
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("shape", FORM_CASES)
 def test_matches_bilinear_reference(shape, device):
-    x, weight, S = make(*shape, requires_grad=False, device=device)
+    x, weight, S = form_inputs(*shape, requires_grad=False, device=device)
     y = quadratic_form(x, weight, S)
     assert y.shape == (*shape[0], shape[3])
     torch.testing.assert_close(y, dense_reference(x, weight, S), rtol=1e-12, atol=1e-12)
@@ -59,7 +50,7 @@ def test_float32_and_noncontiguous(device):
 
 
 def test_only_symmetric_part_matters_and_gradient_is_symmetric():
-    x, weight, S = make((5,), 4, 3, 2, requires_grad=False)
+    x, weight, S = form_inputs((5,), 4, 3, 2, requires_grad=False)
     S.requires_grad_(True)
     y = quadratic_form(x, weight, S)
     torch.testing.assert_close(y, quadratic_form(x, weight, S.transpose(1, 2)))
@@ -68,7 +59,7 @@ def test_only_symmetric_part_matters_and_gradient_is_symmetric():
 
 
 def test_registered_op_and_functional_agree():
-    x, weight, S = make((4,), 3, 2, 2, requires_grad=False)
+    x, weight, S = form_inputs((4,), 3, 2, 2, requires_grad=False)
     torch.testing.assert_close(torch.ops.quadnet.quadratic_form(x, weight, S), quadratic_form(x, weight, S))
 
 
@@ -104,7 +95,7 @@ def test_bad_input_names_the_argument(args, message):
 
 def test_gradients_of_backward_op_match_autograd_of_the_forward():
     """_quadratic_form_backward against autograd through the ATen formula (independent)."""
-    x, weight, S = make((7,), 5, 3, 4, requires_grad=False)
+    x, weight, S = form_inputs((7,), 5, 3, 4, requires_grad=False)
     S.requires_grad_(True)
     h = (x @ weight.t()).requires_grad_(True)
     y = torch.einsum("bi,nij,bj->bn", h, (S + S.transpose(1, 2)) / 2, h)
@@ -118,7 +109,7 @@ def test_gradients_of_backward_op_match_autograd_of_the_forward():
 
 def test_gradient_of_weight_alone():
     """Only the inputs that need gradients get them (x frozen: no ∂x computed or returned)."""
-    x, weight, S = make((6,), 4, 2, 3, requires_grad=False)
+    x, weight, S = form_inputs((6,), 4, 2, 3, requires_grad=False)
     weight.requires_grad_(True)
     y = quadratic_form(x, weight, S)
     (gw,) = torch.autograd.grad(y.sum(), weight)

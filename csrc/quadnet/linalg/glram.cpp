@@ -87,7 +87,7 @@ at::Tensor orthonormal_extension(const at::Tensor& V, at::Tensor Z, int64_t q) {
   return std::get<0>(at::linalg_qr(at::cat({V, Z}, 1), "reduced")).narrow(1, V.size(1), q);
 }
 
-bool exact_solver(const GLRAMOptions& options) { return options.solver() == "exact"; }
+bool exact_solver(const GLRAMOptions& options) { return options.solver() == GLRAMSolver::exact; }
 
 namespace {
 
@@ -166,8 +166,6 @@ void check_options(const char* op, const GLRAMOptions& options) {
   TORCH_CHECK(options.tol() >= 0 && std::isfinite(options.tol()), op, ": tol must be a finite number >= 0, got ",
               options.tol());
   TORCH_CHECK(options.max_iter() >= 0, op, ": max_iter must be >= 0, got ", options.max_iter());
-  TORCH_CHECK(options.solver() == "rayleigh_ritz" || options.solver() == "exact", op,
-              ": solver must be \"rayleigh_ritz\" or \"exact\", got \"", options.solver(), "\"");
 }
 
 void check_rank(const char* op, int64_t rank, int64_t d) {
@@ -194,6 +192,14 @@ GLRAMResult cast_result(GLRAMResult result, const at::Tensor& like) {
 }  // namespace detail
 
 using namespace detail;
+
+const char* solver_name(GLRAMSolver solver) { return solver == GLRAMSolver::exact ? "exact" : "rayleigh_ritz"; }
+
+GLRAMSolver parse_solver(const std::string& name, const char* op) {
+  if (name == "rayleigh_ritz") return GLRAMSolver::rayleigh_ritz;
+  TORCH_CHECK_VALUE(name == "exact", op, ": solver must be \"rayleigh_ritz\" or \"exact\", got \"", name, "\"");
+  return GLRAMSolver::exact;
+}
 
 GLRAMResult glram(const at::Tensor& A, int64_t rank, const GLRAMOptions& options) {
   constexpr const char* op = "glram";

@@ -10,6 +10,26 @@
 namespace quadnet {
 namespace linalg {
 
+// How each GLRAM iteration finds the next subspace (docs/glram.rst, "Solvers"). Python and saved
+// optimizer state name them by their enumerator: "rayleigh_ritz", "exact".
+enum class GLRAMSolver {
+  // The best r-dim subspace of span[V, M V] for the GLRAM iteration matrix M = Σ_i A_i V V^T A_i
+  // (a 2r×2r eigen-solve and products with the factors of A_i); on large moves the block grows
+  // (span[V, M V, M² V, …], up to 7r wide) until the step is the exact one to 1e-4 of its gain.
+  // The same fixed points and a monotone objective, as "exact".
+  rayleigh_ritz,
+  // The full GLRAM iteration, V ← top-r eigenvectors of M (an m×m eigen-solve, m = d, or
+  // k = rank + batch in projected_step).
+  exact,
+};
+// One output (n = 1) is always solved exactly (eigen-decomposition: the global optimum).
+
+// The solver's name: "rayleigh_ritz" or "exact".
+const char* solver_name(GLRAMSolver solver);
+// The solver named `name`; otherwise throws c10::ValueError (Python: ValueError)
+// "<op>: solver must be "rayleigh_ritz" or "exact", got "<name>"".
+GLRAMSolver parse_solver(const std::string& name, const char* op);
+
 struct GLRAMOptions {
   // Stop when one iteration lowers the error by less than tol · Σ_i ||A_i||_F^2.
   TORCH_ARG(double, tol) = 1e-6;
@@ -19,17 +39,8 @@ struct GLRAMOptions {
   // internally). Undefined, or numerically rank deficient: the classic start, the top-rank
   // eigenvectors of Σ_i A_i A_i.
   TORCH_ARG(at::Tensor, init);
-  // How each iteration finds the next subspace (docs/glram.rst, "Solvers"):
-  //  "rayleigh_ritz" (default): the best r-dim subspace of span[V, M V] for the GLRAM iteration
-  //    matrix M = Σ_i A_i V V^T A_i — a 2r×2r eigen-solve and products with the factors of A_i;
-  //    on large moves the block grows (span[V, M V, M² V, …], up to 7r wide) until the step is
-  //    the exact one to 1e-4 of its gain. Same fixed points, monotone objective and, measured,
-  //    the same result as "exact" (within 1e-5); cheaper per training step (near a fixed point),
-  //    about as costly as "exact" on large moves.
-  //  "exact": the full GLRAM iteration, V ← top-r eigenvectors of M (an m×m eigen-solve,
-  //    m = d, or k = rank + batch in projected_step).
-  // One output (n = 1) is always solved exactly (eigen-decomposition: the global optimum).
-  TORCH_ARG(std::string, solver) = "rayleigh_ritz";
+  // How each iteration finds the next subspace (GLRAMSolver).
+  TORCH_ARG(GLRAMSolver, solver) = GLRAMSolver::rayleigh_ritz;
 };
 
 struct GLRAMResult {

@@ -63,10 +63,7 @@ torch::Tensor PolynomialBlockImpl::forward(const torch::Tensor& x) {
   return y;
 }
 
-int64_t PolynomialBlockImpl::num_parameters() const {
-  const int64_t norm_affine = quadratic_norm && quadratic_norm->options.affine() ? 2 * options.out_features() : 0;
-  return quadratic->num_parameters() + (skip ? skip->weight.numel() : 0) + norm_affine;
-}
+int64_t PolynomialBlockImpl::num_parameters() const { return num_free_parameters(*this); }
 
 // ---------------------------------------------------------------------------------------------
 // DeepPolynomialNet
@@ -105,11 +102,7 @@ torch::Tensor DeepPolynomialNetImpl::forward(torch::Tensor x) {
 
 int64_t DeepPolynomialNetImpl::degree() const { return int64_t{1} << blocks.size(); }
 
-int64_t DeepPolynomialNetImpl::num_parameters() const {
-  int64_t total = 0;
-  for (const auto& block : blocks) total += block->num_parameters();
-  return total;
-}
+int64_t DeepPolynomialNetImpl::num_parameters() const { return num_free_parameters(*this); }
 
 }  // namespace nn
 }  // namespace quadnet

@@ -76,10 +76,7 @@ torch::Tensor QuadraticConv2dImpl::forward(const torch::Tensor& x) {
 
 torch::Tensor QuadraticConv2dImpl::canonical() const { return canonical_form(weight.flatten(1), S); }
 
-int64_t QuadraticConv2dImpl::num_parameters() const {
-  const int64_t r = options.rank();
-  return weight.numel() + options.out_channels() * r * (r + 1) / 2 + (options.bias() ? options.out_channels() : 0);
-}
+int64_t QuadraticConv2dImpl::num_parameters() const { return num_free_parameters(*this); }
 
 // ---------------------------------------------------------------------------------------------
 // DiagonalQuadraticConv2d
@@ -111,9 +108,7 @@ torch::Tensor DiagonalQuadraticConv2dImpl::canonical() const {
   return diagonal_canonical_form(weight.flatten(1), alpha);
 }
 
-int64_t DiagonalQuadraticConv2dImpl::num_parameters() const {
-  return weight.numel() + alpha.numel() + (options.bias() ? options.out_channels() : 0);
-}
+int64_t DiagonalQuadraticConv2dImpl::num_parameters() const { return num_free_parameters(*this); }
 
 DiagonalQuadraticConv2d to_diagonal(const QuadraticConv2d& layer) {
   auto o = layer->options;
@@ -187,9 +182,7 @@ torch::Tensor PolynomialConvBlockImpl::forward(const torch::Tensor& x) {
   return y;
 }
 
-int64_t PolynomialConvBlockImpl::num_parameters() const {
-  return quadratic->num_parameters() + (skip ? skip->weight.numel() : 0);
-}
+int64_t PolynomialConvBlockImpl::num_parameters() const { return num_free_parameters(*this); }
 
 }  // namespace nn
 }  // namespace quadnet

@@ -7,6 +7,8 @@
 #include <torch/nn/init.h>
 #include <torch/types.h>
 
+#include <c10/util/accumulate.h>
+
 #include <cmath>
 
 #include "../ops/quadratic_form.h"
@@ -124,11 +126,7 @@ std::pair<torch::Tensor, torch::Tensor> QuadraticLayerImpl::captured() const {
 
 torch::Tensor QuadraticLayerImpl::canonical() const { return canonical_form(weight, S); }
 
-int64_t QuadraticLayerImpl::num_parameters() const {
-  const int64_t r = options.rank();
-  return r * options.in_features() + options.out_features() * r * (r + 1) / 2 +
-         (options.bias() ? options.out_features() : 0);
-}
+int64_t QuadraticLayerImpl::num_parameters() const { return num_free_parameters(*this); }
 
 // ---------------------------------------------------------------------------------------------
 // DiagonalQuadraticLayer
@@ -159,9 +157,22 @@ torch::Tensor DiagonalQuadraticLayerImpl::forward(const torch::Tensor& x) {
 
 torch::Tensor DiagonalQuadraticLayerImpl::canonical() const { return diagonal_canonical_form(weight, alpha); }
 
-int64_t DiagonalQuadraticLayerImpl::num_parameters() const {
-  return options.rank() * (options.in_features() + options.out_features()) +
-         (options.bias() ? options.out_features() : 0);
+int64_t DiagonalQuadraticLayerImpl::num_parameters() const { return num_free_parameters(*this); }
+
+// ---------------------------------------------------------------------------------------------
+// Free parameters
+
+int64_t num_free_parameters(const std::string& name, torch::IntArrayRef sizes) {
+  const bool named_S = name == "S" || (name.size() > 2 && name.compare(name.size() - 2, 2, ".S") == 0);
+  if (named_S && sizes.size() == 3 && sizes[1] == sizes[2]) return sizes[0] * sizes[1] * (sizes[1] + 1) / 2;
+  return c10::multiply_integers(sizes);
+}
+
+int64_t num_free_parameters(const torch::nn::Module& module) {
+  int64_t count = 0;
+  for (const auto& parameter : module.named_parameters(/*recurse=*/true))
+    count += num_free_parameters(parameter.key(), parameter.value().sizes());
+  return count;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 
 #include <memory>
 #include <ostream>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -25,6 +26,14 @@ void check_layer_sizes(const char* module, int64_t in_features, int64_t out_feat
 // into param.grad (true for .backward(); false for torch.autograd.grad(outputs, inputs) and
 // .backward(inputs=...) passes whose inputs exclude param).
 bool backward_accumulates_into(const torch::Tensor& param);
+
+// The free parameters of `module` and its submodules, what every quadnet module's
+// num_parameters() returns: the elements of each defined parameter, except that a quadratic
+// form's "S" (out, rank, rank), of which the layers use sym(S_i) only, counts its
+// out·rank(rank+1)/2 free entries.
+int64_t num_free_parameters(const torch::nn::Module& module);
+// One parameter's share of that count, from its (dotted) name and sizes; Python's modules sum it.
+int64_t num_free_parameters(const std::string& name, torch::IntArrayRef sizes);
 
 struct QuadraticLayerOptions {
   QuadraticLayerOptions(int64_t in_features, int64_t out_features, int64_t rank)
@@ -51,7 +60,7 @@ class QuadraticLayerImpl : public torch::nn::Cloneable<QuadraticLayerImpl> {
   torch::Tensor forward(const torch::Tensor& x);
   // Canonical matrices A_i = W^T sym(S_i) W: (out_features, in_features, in_features).
   torch::Tensor canonical() const;
-  // Free parameters: rank·in + out·rank(rank+1)/2 (+ out for the bias); S_i counted once.
+  // Free parameters (num_free_parameters): rank·in + out·rank(rank+1)/2 (+ out for the bias).
   int64_t num_parameters() const;
 
   // Projection optimizers (quadnet::optim::GLRAMSGD) need each training forward's input X
@@ -91,14 +100,9 @@ class QuadraticLayerImpl : public torch::nn::Cloneable<QuadraticLayerImpl> {
 };
 TORCH_MODULE(QuadraticLayer);
 
-struct DiagonalQuadraticLayerOptions {
-  DiagonalQuadraticLayerOptions(int64_t in_features, int64_t out_features, int64_t rank)
-      : in_features_(in_features), out_features_(out_features), rank_(rank) {}
-  TORCH_ARG(int64_t, in_features);
-  TORCH_ARG(int64_t, out_features);
-  TORCH_ARG(int64_t, rank);
-  TORCH_ARG(bool, bias) = true;
-};
+// The same sizes and bias switch: the diagonal layer is built from QuadraticLayer's options (as
+// DiagonalQuadraticConv2d from QuadraticConv2d's).
+using DiagonalQuadraticLayerOptions = QuadraticLayerOptions;
 
 // The older squared-activation model y = alpha (W x)^{∘2} + b.
 // Parameters: weight (rank, in_features), alpha (out_features, rank), bias (out_features).

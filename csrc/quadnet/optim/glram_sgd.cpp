@@ -217,10 +217,16 @@ void check_options(const GLRAMSGDOptions& options) {
   TORCH_CHECK_VALUE(options.weight_decay() >= 0, "GLRAMSGD: weight_decay must be >= 0, got ", options.weight_decay());
   TORCH_CHECK_VALUE(options.max_iter() >= 0, "GLRAMSGD: max_iter must be >= 0, got ", options.max_iter());
   TORCH_CHECK_VALUE(options.tol() >= 0, "GLRAMSGD: tol must be >= 0, got ", options.tol());
-  TORCH_CHECK_VALUE(options.solver() == "rayleigh_ritz" || options.solver() == "exact",
-                    "GLRAMSGD: solver must be \"rayleigh_ritz\" or \"exact\", got \"", options.solver(), "\"");
-  TORCH_CHECK_VALUE(options.projection() == "tangent" || options.projection() == "full",
-                    "GLRAMSGD: projection must be \"tangent\" or \"full\", got \"", options.projection(), "\"");
+}
+
+const char* projection_name(GLRAMSGDProjection projection) {
+  return projection == GLRAMSGDProjection::full ? "full" : "tangent";
+}
+
+GLRAMSGDProjection parse_projection(const std::string& name, const char* op) {
+  if (name == "tangent") return GLRAMSGDProjection::tangent;
+  TORCH_CHECK_VALUE(name == "full", op, ": projection must be \"tangent\" or \"full\", got \"", name, "\"");
+  return GLRAMSGDProjection::full;
 }
 
 namespace {
@@ -237,9 +243,10 @@ torch::Tensor flat_weight(const torch::Tensor& weight) { return weight.reshape({
 
 }  // namespace
 
-bool needs_batch(const std::string& projection, const ProjectedBatch& layer) {
+bool needs_batch(GLRAMSGDProjection projection, const ProjectedBatch& layer) {
   if (layer.convolution) return false;
-  return projection == "full" || !linalg::tangent_step_unavailable(flat_weight(layer.weight), layer.S).empty();
+  return projection == GLRAMSGDProjection::full ||
+         !linalg::tangent_step_unavailable(flat_weight(layer.weight), layer.S).empty();
 }
 
 StepUpdates glram_sgd_updates(const std::vector<StepGroup>& groups, const std::vector<ProjectedBatch>& layers) {
@@ -258,7 +265,7 @@ StepUpdates glram_sgd_updates(const std::vector<StepGroup>& groups, const std::v
     for (size_t i = 0; i < group.params.size(); ++i) index_in_group[group.params[i].unsafeGetTensorImpl()] = i;
     const auto glram_options =
         linalg::GLRAMOptions().tol(options.tol()).max_iter(options.max_iter()).solver(options.solver());
-    const bool tangent = options.projection() == "tangent";
+    const bool tangent = options.projection() == GLRAMSGDProjection::tangent;
     for (size_t l = 0; l < layers.size(); ++l) {
       const auto& layer = layers[l];
       auto weight_index = index_in_group.find(layer.weight.unsafeGetTensorImpl());
@@ -360,8 +367,8 @@ void GLRAMSGDOptions::serialize(torch::serialize::OutputArchive& archive) const 
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(weight_decay);
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(tol);
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(max_iter);
-  _TORCH_OPTIM_SERIALIZE_TORCH_ARG(solver);
-  _TORCH_OPTIM_SERIALIZE_TORCH_ARG(projection);
+  archive.write("solver", c10::IValue(std::string(linalg::solver_name(solver()))));  // by name, as Python's
+  archive.write("projection", c10::IValue(std::string(projection_name(projection()))));
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(dampening);
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(nesterov);
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(maximize);
@@ -374,10 +381,10 @@ void GLRAMSGDOptions::serialize(torch::serialize::InputArchive& archive) {
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(double, tol);
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(int64_t, max_iter);
   c10::IValue solver_value;  // absent from archives written before the option existed
-  if (archive.try_read("solver", solver_value)) solver(solver_value.toStringRef());
+  if (archive.try_read("solver", solver_value)) solver(linalg::parse_solver(solver_value.toStringRef(), "GLRAMSGD"));
   // absent from archives written before these options existed: the current values stay
   c10::IValue value;
-  if (archive.try_read("projection", value)) projection(value.toStringRef());
+  if (archive.try_read("projection", value)) projection(parse_projection(value.toStringRef(), "GLRAMSGD"));
   if (archive.try_read("dampening", value)) dampening(value.toDouble());
   if (archive.try_read("nesterov", value)) nesterov(value.toBool());
   if (archive.try_read("maximize", value)) maximize(value.toBool());
@@ -423,7 +430,7 @@ GLRAMSGD::GLRAMSGD(torch::nn::Module& model, std::vector<torch::optim::Optimizer
     const char* kind = layer.conv ? "QuadraticConv2d" : "QuadraticLayer";
     TORCH_CHECK(w != group_of.end() && s != group_of.end() && w->second == s->second, "GLRAMSGD: a ", kind,
                 "'s weight and S must be in the same param group");
-    TORCH_CHECK(!layer.conv || options_of(w->second).projection() == "tangent",
+    TORCH_CHECK(!layer.conv || options_of(w->second).projection() == GLRAMSGDProjection::tangent,
                 "GLRAMSGD: a QuadraticConv2d is in a param group with projection=\"full\", whose full projected step "
                 "is not implemented for convolutions; use projection=\"tangent\" (the default)");
     layers_.push_back(std::move(layer));
@@ -431,7 +438,7 @@ GLRAMSGD::GLRAMSGD(torch::nn::Module& model, std::vector<torch::optim::Optimizer
   // Capture only once every check passed, and only for the layers whose next step needs a batch.
   for (auto& layer : layers_) {
     if (!layer.dense) continue;
-    const auto& projection = options_of(group_of.at(layer.dense->weight.unsafeGetTensorImpl())).projection();
+    const auto projection = options_of(group_of.at(layer.dense->weight.unsafeGetTensorImpl())).projection();
     set_capturing(layer, needs_batch(projection, {layer.dense->weight, layer.dense->S}));
   }
 }

@@ -73,6 +73,23 @@ torch::Tensor apply_sgd_update(const SGDUpdate& update);
 
 // ---- the options ----
 
+// How GLRAMSGD projects a quadratic layer (docs/glram.rst). Python and saved optimizer state
+// name them by their enumerator: "tangent", "full".
+enum class GLRAMSGDProjection {
+  // The tangent-space step from the layer's gradients (linalg::tangent_update; QuadraticLayer and
+  // QuadraticConv2d). Where it does not apply (a layer off the rank-r model, e.g. zero-initialised:
+  // linalg::tangent_step_unavailable) the layer takes the full step, capturing batches only then.
+  tangent,
+  // The projected step of the captured batch (linalg::projected_step; QuadraticLayer only).
+  full,
+};
+
+// The projection's name: "tangent" or "full".
+const char* projection_name(GLRAMSGDProjection projection);
+// The projection named `name`; otherwise throws c10::ValueError (Python: ValueError)
+// "<op>: projection must be "tangent" or "full", got "<name>"".
+GLRAMSGDProjection parse_projection(const std::string& name, const char* op);
+
 struct GLRAMSGDOptions : public torch::optim::OptimizerCloneableOptions<GLRAMSGDOptions> {
   GLRAMSGDOptions(double lr = 0.01) : lr_(lr) {}
   TORCH_ARG(double, lr);
@@ -86,13 +103,8 @@ struct GLRAMSGDOptions : public torch::optim::OptimizerCloneableOptions<GLRAMSGD
   // The GLRAM options, with linalg::GLRAMOptions' defaults (their one definition).
   TORCH_ARG(double, tol) = linalg::GLRAMOptions().tol();             // stopping tolerance
   TORCH_ARG(int64_t, max_iter) = linalg::GLRAMOptions().max_iter();  // iterations per step
-  TORCH_ARG(std::string, solver) = linalg::GLRAMOptions().solver();  // "rayleigh_ritz" or "exact"
-  // How a quadratic layer is projected (docs/glram.rst): "tangent" (default), the tangent-space
-  // step from the layer's gradients (linalg::tangent_update; QuadraticLayer and QuadraticConv2d);
-  // "full", the projected step of the captured batch (linalg::projected_step; QuadraticLayer only).
-  // "tangent" takes the full step where the tangent step does not apply (a layer off the rank-r
-  // model, e.g. zero-initialised: linalg::tangent_step_unavailable), capturing batches only then.
-  TORCH_ARG(std::string, projection) = "tangent";
+  TORCH_ARG(linalg::GLRAMSolver, solver) = linalg::GLRAMOptions().solver();
+  TORCH_ARG(GLRAMSGDProjection, projection) = GLRAMSGDProjection::tangent;
 
  public:
   void serialize(torch::serialize::InputArchive& archive) override;
@@ -101,9 +113,9 @@ struct GLRAMSGDOptions : public torch::optim::OptimizerCloneableOptions<GLRAMSGD
   void set_lr(const double lr) override { this->lr(lr); }
 };
 
-// Throws c10::ValueError (Python: ValueError) unless lr, momentum, dampening, weight_decay ≥ 0, max_iter ≥ 0, nesterov
-// only with momentum > 0 and dampening 0, and solver and projection are known (each group's options are checked when an
-// optimizer is built, in both languages).
+// Throws c10::ValueError (Python: ValueError) unless lr, momentum, dampening, weight_decay, tol ≥ 0, max_iter ≥ 0 and
+// nesterov only with momentum > 0 and dampening 0 (each group's options are checked when an optimizer is built, in
+// both languages; the solver and projection names are checked where they are parsed).
 void check_options(const GLRAMSGDOptions& options);
 
 // ---- one step, shared by the C++ optimizer and Python's quadnet.optim.GLRAMSGD ----
@@ -122,7 +134,7 @@ struct ProjectedBatch {
 // Whether the layer's next step needs the batch captured during forward/backward: with projection
 // "full" always, with "tangent" only off the rank-r model (linalg::tangent_step_unavailable); a
 // convolution never (it captures nothing: its full step is not implemented).
-bool needs_batch(const std::string& projection, const ProjectedBatch& layer);
+bool needs_batch(GLRAMSGDProjection projection, const ProjectedBatch& layer);
 
 // A param group as a step sees it.
 struct StepGroup {

@@ -6,6 +6,7 @@ from torch import Tensor
 
 from .. import _C
 from ..ops import _int, _Pair, _pair
+from ._parameters import num_free_parameters
 from ._registry import LayerRegistry
 
 __all__ = ["QuadraticConv2d", "DiagonalQuadraticConv2d", "PolynomialConvBlock"]
@@ -121,9 +122,7 @@ class QuadraticConv2d(_QuadraticConvBase):
 
     def num_parameters(self) -> int:
         """Free parameters, each symmetric ``S_i`` counted once: ``r·C·kh·kw + n·r(r+1)/2 (+ n)``."""
-        r = self.rank
-        return (self.weight.numel() + self.out_channels * r * (r + 1) // 2
-                + (self.out_channels if self.bias is not None else 0))
+        return num_free_parameters(self)
 
 
 class DiagonalQuadraticConv2d(_QuadraticConvBase):
@@ -168,7 +167,7 @@ class DiagonalQuadraticConv2d(_QuadraticConvBase):
 
     def num_parameters(self) -> int:
         """Free parameters: ``r·(C·kh·kw + n) (+ n)``."""
-        return self.weight.numel() + self.alpha.numel() + (self.out_channels if self.bias is not None else 0)
+        return num_free_parameters(self)
 
 
 def conv_to_diagonal(layer: QuadraticConv2d) -> DiagonalQuadraticConv2d:
@@ -282,7 +281,7 @@ class PolynomialConvBlock(torch.nn.Module):
 
     def num_parameters(self) -> int:
         """Free parameters (each symmetric ``S_i`` counted once)."""
-        return self.quadratic.num_parameters() + (self.skip.weight.numel() if self.skip is not None else 0)
+        return num_free_parameters(self)
 
     def extra_repr(self) -> str:
         return (f"skip={self.skip is not None}, norm={self.norm is not None}, "

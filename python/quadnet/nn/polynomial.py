@@ -4,6 +4,7 @@ from typing import List, Sequence
 import torch
 from torch import Tensor
 
+from ._parameters import num_free_parameters
 from .quadratic import QuadraticLayer
 
 __all__ = ["PolynomialBlock", "DeepPolynomialNet"]
@@ -111,10 +112,7 @@ class PolynomialBlock(torch.nn.Module):
 
     def num_parameters(self) -> int:
         """Free parameters (each symmetric ``S_i`` counted once; a norm's scale and shift count)."""
-        count = self.quadratic.num_parameters() + (self.skip.weight.numel() if self.skip is not None else 0)
-        if self.quadratic_norm is not None and self.quadratic_norm.affine:
-            count += 2 * self.out_features
-        return count
+        return num_free_parameters(self)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -180,7 +178,7 @@ class DeepPolynomialNet(torch.nn.Sequential):
 
     def num_parameters(self) -> int:
         """Free parameters of all blocks (each symmetric ``S_i`` counted once)."""
-        return sum(block.num_parameters() for block in self)
+        return num_free_parameters(self)
 
     def extra_repr(self) -> str:
         return (f"sizes={self.sizes}, ranks={self.ranks}, skip={self.skip}, norm={self.norm}, "

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from .. import _C
 from ..ops import _int
+from ._parameters import num_free_parameters
 from ._registry import LayerRegistry
 from .conv import QuadraticConv2d, conv_to_diagonal
 
@@ -162,9 +163,7 @@ class QuadraticLayer(torch.nn.Module):
 
     def num_parameters(self) -> int:
         """Free parameters, each symmetric ``S_i`` counted once: ``r·d + n·r(r+1)/2 (+ n)``."""
-        r = self.rank
-        return (r * self.in_features + self.out_features * r * (r + 1) // 2
-                + (self.out_features if self.bias is not None else 0))
+        return num_free_parameters(self)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
@@ -228,8 +227,7 @@ class DiagonalQuadraticLayer(torch.nn.Module):
 
     def num_parameters(self) -> int:
         """Free parameters: ``r·(d + n) (+ n)``."""
-        return (self.rank * (self.in_features + self.out_features)
-                + (self.out_features if self.bias is not None else 0))
+        return num_free_parameters(self)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
