@@ -71,11 +71,16 @@ def building_sdist():
     return "sdist" in sys.argv
 
 
+def base_version():
+    """CMakeLists.txt's project version (0.1.0), the C++ package's version."""
+    return re.search(r"project\(quadnet VERSION ([0-9.]+)", cmake_text()).group(1)
+
+
 def version():
-    """CMakeLists.txt's version with a local tag naming the torch and accelerator built against
+    """base_version() with a local tag naming the torch and accelerator built against
     (as pytorch_scatter's wheels: 0.1.0+pt213cpu, 0.1.0+pt213cu130): the extension's ABI is that
     torch's. An sdist has the plain version."""
-    base = re.search(r"project\(quadnet VERSION ([0-9.]+)", cmake_text()).group(1)
+    base = base_version()
     if building_sdist():
         return base
     accelerator = "cu" + torch.version.cuda.replace(".", "") if torch.version.cuda else "cpu"
@@ -152,7 +157,7 @@ class BuildQuadnet(BuildExtension):
             shutil.copyfile(os.path.join(ROOT, header), target)
         config = os.path.join(package, "share", "cmake", "quadnet")
         os.makedirs(config, exist_ok=True)
-        base = version().split("+")[0]
+        base = base_version()
         values = {"VERSION": base, "VERSION_MAJOR_MINOR": ".".join(base.split(".")[:2]),
                   "TORCH_CMAKE_PREFIX_PATH": torch.utils.cmake_prefix_path}
         for name in ("quadnetConfig.cmake", "quadnetConfigVersion.cmake"):
