@@ -1,5 +1,5 @@
 // Python bindings of quadnet's C++ library (the quadnet._C extension). The ops themselves
-// are reached through torch.ops.quadnet.* (registered in ops/register_ops.cpp); this file
+// are reached through torch.ops.quadnet.* (registered in csrc/quadnet/ops/); this file
 // exposes the non-op API. Python only adapts these: no algorithm is written twice.
 #include <torch/extension.h>
 

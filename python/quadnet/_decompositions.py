@@ -31,7 +31,7 @@ def _composite(op):
 
 
 def _explicit_ops():
-    """The ops registered with a CompositeExplicitAutograd kernel (ops/register_ops.cpp), read
+    """The ops registered with a CompositeExplicitAutograd kernel (csrc/quadnet/ops/composite_kernels.cpp), read
     from the dispatcher."""
     names = sorted(name for name in torch._C._dispatch_get_all_op_names() if name.startswith("quadnet::")
                    and torch._C._dispatch_has_kernel_for_dispatch_key(name, "CompositeExplicitAutograd"))

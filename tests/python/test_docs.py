@@ -58,3 +58,33 @@ def test_the_one_source_list_holds_every_library_source():
                    for d, _, files in os.walk(os.path.join(ROOT, "csrc", "quadnet")) for name in files
                    if name.endswith(".cpp"))
     assert sorted(listed) == found and len(set(listed)) == len(listed)
+
+
+def _expand_braces(path):
+    match = re.search(r"\{([^}]*)\}", path)
+    if not match:
+        return [path]
+    return [expanded for choice in match.group(1).split(",")
+            for expanded in _expand_braces(path[:match.start()] + choice + path[match.end():])]
+
+
+def test_the_layout_tables_name_files_that_exist():
+    """Every source path the layout tables name (README, CONTRIBUTING, docs/code.rst) is in the tree:
+    relative to the repository, csrc/quadnet, csrc/quadnet/ops (code.rst's ops table) or python/quadnet."""
+    bases = [ROOT] + [os.path.join(ROOT, *d) for d in (("csrc", "quadnet"), ("csrc", "quadnet", "ops"),
+                                                       ("python", "quadnet"))]
+    path_like = re.compile(r"^[\w./{},*-]+(\.(h|cpp|py|rst|txt|in|\{[\w,]+\})|/)$")
+    checked = 0
+    for name in ("README.md", "CONTRIBUTING.md", os.path.join("docs", "code.rst")):
+        with open(os.path.join(ROOT, name), encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if name.endswith(".md") and not line.startswith("|"):
+                    continue
+                for token in re.findall(r"``([^`]+)``" if name.endswith(".rst") else r"`([^`]+)`", line):
+                    if not path_like.match(token) or "*" in token:
+                        continue
+                    for path in _expand_braces(token):
+                        assert any(os.path.exists(os.path.join(base, path)) for base in bases), \
+                            f"{name}:{number} names {path}, which is not in the tree"
+                        checked += 1
+    assert checked > 40, checked

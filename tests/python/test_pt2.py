@@ -79,6 +79,33 @@ def test_every_op_is_tagged_pt2_compliant():
         assert torch.Tag.pt2_compliant_tag in getattr(torch.ops.quadnet, name).default.tags, name
 
 
+# The kernels each op has, by dispatch key (the files of csrc/quadnet/ops, one per key): the ops with
+# kernels of their own have an explicit composite, Meta and Autograd kernel; quadratic_features and its
+# backward also a CPU kernel; the others are implicit compositions. Every op runs its composition under
+# vmap; the public ops have Autocast kernels.
+OWN_KERNELS = {"quadratic_form", "_quadratic_form_forward", "_quadratic_form_backward", "quadratic_features",
+               "_quadratic_features_backward"}
+HELPER_OPS = {"_quadratic_form_forward", "_quadratic_form_backward", "_quadratic_features_backward"}
+KEYS = ("CompositeExplicitAutograd", "CompositeImplicitAutograd", "CPU", "CUDA", "Meta", "Autograd", "AutocastCPU",
+        "AutocastCUDA", "FuncTorchBatched")
+
+
+def expected_keys(name):
+    keys = {"FuncTorchBatched"}
+    keys |= {"CompositeExplicitAutograd", "Meta", "Autograd"} if name in OWN_KERNELS else {"CompositeImplicitAutograd"}
+    if name in ("quadratic_features", "_quadratic_features_backward"):
+        keys.add("CPU")
+    if name not in HELPER_OPS:
+        keys |= {"AutocastCPU", "AutocastCUDA"}
+    return keys
+
+
+@pytest.mark.parametrize("name", sorted(OP_SAMPLES))
+def test_each_op_has_the_kernels_of_its_dispatch_keys(name):
+    has = {key for key in KEYS if torch._C._dispatch_has_kernel_for_dispatch_key(f"quadnet::{name}", key)}
+    assert has == expected_keys(name)
+
+
 def test_meta_kernels_give_shapes_and_check_arguments():
     x, w, S = (torch.empty(*s, device="meta") for s in [(2, 5, 4), (3, 4), (6, 3, 3)])
     assert torch.ops.quadnet.quadratic_form(x, w, S).shape == (2, 5, 6)

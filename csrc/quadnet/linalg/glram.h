@@ -63,19 +63,12 @@ GLRAMResult glram(const at::Tensor& A, int64_t rank, const GLRAMOptions& options
 
 // One projected SGD step in the canonical space (docs/glram.rst): the GLRAM projection of
 //   A_i = W^T sym(S_i) W − lr · X^T diag(G[:, i]) X,
-// warm-started from `weight`, computed without forming any d×d matrix.
-//  "rayleigh_ritz": A_i is applied through its factors (W, S, X, G) after the Gram matrix of
-//    [W^T | X^T] (for Σ_i ||A_i||_F^2); when k < d in the k coordinates of span[W^T | X^T]
-//    (its Cholesky factor R: the factors become k-sized, O(k²·r) per block), else (or when R
-//    is inaccurate: dependent samples) in R^d, O(d·k·r) per block.
-//  "exact" (and n = 1): a thin QR of [W^T | X^T] (d × k, k = rank + batch) reduces the problem
-//    to GLRAM on k×k cores with the same answer; the QR comes from the Cholesky factor of the
-//    k×k Gram matrix when that is accurate (Q stays implicit), else from Householder QR
-//    (repeated or nearly collinear samples).
-// When k ≥ d the dense form is used, except by "rayleigh_ritz" when B² ≤ n·d² (its B×B Gram
-// matrix is then no larger than the n canonical matrices). A weight of rank < r (e.g. zero) has
-// no warm start: the iteration starts from the classic start instead. weight (r, d), S (n, r, r), X (B, d),
-// G = ∂ℓ/∂y (B, n). options.init must be unset (the warm start is `weight`).
+// warm-started from `weight`; the same result as glram() on the dense A_i with that warm start
+// and options.solver, but no d×d matrix is formed unless k = rank + batch ≥ d (then the dense
+// A_i are no larger than the factors). A weight of rank < r (e.g. zero) has no warm
+// start: the iteration starts from the classic start instead. weight (r, d), S (n, r, r),
+// X (B, d), G = ∂ℓ/∂y (B, n); options.init must be unset (the warm start is `weight`).
+// How each solver is routed (span coordinates, QR, dense form) is described in docs/glram.rst.
 GLRAMResult projected_step(const at::Tensor& weight, const at::Tensor& S, const at::Tensor& X, const at::Tensor& G,
                            double lr, const GLRAMOptions& options = {});
 

@@ -112,8 +112,7 @@ class FactoredCores {
 // Σ_i ||A_i||_F^2, once). The sample terms Σ_b g_ib (XU)_b (XV)_b^T (all i) are one GEMM,
 // either against the B × n·v copies of XV weighted by each output's g_i or against the
 // B × u·v per-sample outer products: the same flops, and whichever is smaller to form
-// (weighted copies for few outputs, n ≤ v; outer products for many: measured 25–45% faster
-// per projection at n = 100, r = 10, and ~10% slower than the copies at n = 10, r = 25).
+// (weighted copies for few outputs, n ≤ v; outer products for many; docs/glram.rst).
 class LowRankMatrices {
  public:
   struct Image {
@@ -230,7 +229,7 @@ constexpr double kMaxTermsOverTotal = 1e4;
 // (R1, R2: the columns of R for W^T and X^T) — the same factored form with k-sized factors, so
 // each block costs O(k²·r) instead of O(d·k·r), and V = Q V' is formed once, at the end.
 // Q is orthonormal only as far as R is accurate (cond(C)² · eps). Instead of checking all of Q
-// (two k³ GEMMs, ~20% of a training projection) the two things that depend on it are: the warm
+// (two k³ GEMMs) the two things that depend on it are checked: the warm
 // start (its first r columns, W^T R11^{-1}, orthonormal) and the result (rows of V
 // orthonormal, and the cores V^T A_i V recomputed through the d-sized factors, `in_space`,
 // equal to the k-coordinate ones), all to kMaxBasisDrift, at O(d·r·(r + B)). Empty when T has

@@ -2,7 +2,7 @@
 // The convolutional quadratic layer's ops (docs/quadratic_conv.rst): per output pixel p,
 //   y_i(p) = h(p)^T sym(S_i) h(p),   h = conv2d(x, weight)  (rank channels),
 // i.e. the dense layer's quadratic form applied to every rank-r pixel of a convolution's
-// output. Registered as torch.ops.quadnet.<name> (ops/register_ops.cpp); the C++ functions
+// output. Registered as torch.ops.quadnet.<name> (schemas in quadratic_conv.cpp); the C++ functions
 // below call through the dispatcher (same kernels, autograd and tracing as from Python).
 
 #include <ATen/core/Tensor.h>

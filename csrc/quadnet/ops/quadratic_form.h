@@ -1,7 +1,7 @@
 #pragma once
 // The quadratic layer's ops (docs/quadratic_layer.rst): y_i = (W x)^T sym(S_i) (W x), its
 // canonical form and the diagonal (squared-activation) model. Each is registered as torch.ops.quadnet.<name>
-// (ops/register_ops.cpp); the C++ functions below call through the dispatcher, so C++ callers
+// (schemas in quadratic_form.cpp); the C++ functions below call through the dispatcher, so C++ callers
 // get the same kernels, autograd and tracing behaviour as Python callers.
 
 #include <ATen/core/Tensor.h>

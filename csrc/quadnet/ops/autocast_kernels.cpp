@@ -6,6 +6,8 @@
 #include <ATen/autocast_mode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
+#include <torch/library.h>
+
 #include "detail.h"
 #include "quadratic_conv.h"
 #include "quadratic_form.h"
@@ -21,8 +23,6 @@ struct AutocastFloat32 {
   at::Tensor operator()(const at::Tensor& t) const { return at::autocast::cached_cast(at::kFloat, t, device); }
   c10::impl::ExcludeDispatchKeyGuard no_autocast;
 };
-
-}  // namespace
 
 template <c10::DeviceType device>
 at::Tensor quadratic_form_autocast(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& S) {
@@ -76,22 +76,23 @@ at::Tensor diagonal_canonical_form_autocast(const at::Tensor& weight, const at::
   return quadnet::diagonal_canonical_form(f32(weight), f32(alpha)).to(weight.scalar_type());
 }
 
-#define QUADNET_AUTOCAST_INSTANTIATE(device)                                                                       \
-  template at::Tensor quadratic_form_autocast<device>(const at::Tensor&, const at::Tensor&, const at::Tensor&);    \
-  template at::Tensor diagonal_quadratic_form_autocast<device>(const at::Tensor&, const at::Tensor&,               \
-                                                               const at::Tensor&);                                 \
-  template at::Tensor quadratic_features_autocast<device>(const at::Tensor&, const at::Tensor&);                   \
-  template at::Tensor quadratic_conv2d_autocast<device>(const at::Tensor&, const at::Tensor&, const at::Tensor&,   \
-                                                        at::IntArrayRef, at::IntArrayRef, at::IntArrayRef);        \
-  template at::Tensor diagonal_quadratic_conv2d_autocast<device>(                                                  \
-      const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef, at::IntArrayRef); \
-  template at::Tensor canonical_gradient_autocast<device>(const at::Tensor&, const at::Tensor&);                   \
-  template at::Tensor canonical_form_autocast<device>(const at::Tensor&, const at::Tensor&);                       \
-  template at::Tensor diagonal_canonical_form_autocast<device>(const at::Tensor&, const at::Tensor&);
-
-QUADNET_AUTOCAST_INSTANTIATE(c10::DeviceType::CPU)
-QUADNET_AUTOCAST_INSTANTIATE(c10::DeviceType::CUDA)
-#undef QUADNET_AUTOCAST_INSTANTIATE
-
+}  // namespace
 }  // namespace ops
 }  // namespace quadnet
+
+#define QUADNET_REGISTER_AUTOCAST(device)                                                                  \
+  m.impl("quadratic_form", TORCH_FN(quadnet::ops::quadratic_form_autocast<device>));                       \
+  m.impl("diagonal_quadratic_form", TORCH_FN(quadnet::ops::diagonal_quadratic_form_autocast<device>));     \
+  m.impl("quadratic_features", TORCH_FN(quadnet::ops::quadratic_features_autocast<device>));               \
+  m.impl("quadratic_conv2d", TORCH_FN(quadnet::ops::quadratic_conv2d_autocast<device>));                   \
+  m.impl("diagonal_quadratic_conv2d", TORCH_FN(quadnet::ops::diagonal_quadratic_conv2d_autocast<device>)); \
+  m.impl("canonical_gradient", TORCH_FN(quadnet::ops::canonical_gradient_autocast<device>));               \
+  m.impl("canonical_form", TORCH_FN(quadnet::ops::canonical_form_autocast<device>));                       \
+  m.impl("diagonal_canonical_form", TORCH_FN(quadnet::ops::diagonal_canonical_form_autocast<device>));
+
+TORCH_LIBRARY_IMPL(quadnet, AutocastCPU, m){QUADNET_REGISTER_AUTOCAST(c10::DeviceType::CPU)}
+
+TORCH_LIBRARY_IMPL(quadnet, AutocastCUDA, m) {
+  QUADNET_REGISTER_AUTOCAST(c10::DeviceType::CUDA)
+}
+#undef QUADNET_REGISTER_AUTOCAST
