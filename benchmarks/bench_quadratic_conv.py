@@ -12,7 +12,8 @@ compositions, each eagerly and under torch.compile (Inductor, fullgraph, static 
           layer's forward).
 
 quadnet's op (conv2d, then the r(r+1)/2 products of h and one GEMM) runs eagerly and under
-torch.compile too. Times are medians from one run; ratios are taken within that run.
+torch.compile too. Times are medians over five interleaved rounds of one run (every variant timed in
+every round), and the ratios are taken within that run.
 """
 import argparse
 import os
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
-from common import save_rows, time_fwd_bwd  # noqa: E402
+from common import save_rows, time_interleaved  # noqa: E402
 
 import quadnet  # noqa: E402
 
@@ -77,10 +78,11 @@ def main():
         b = torch.randn(n, device=device, requires_grad=True)
         g = torch.randn(N, n, H, Wd, device=device)
         torch._dynamo.reset()
-        t = {}
+        fns = {}
         for v, fn in variants.items():
-            t[v] = time_fwd_bwd(fn, (x, W, S, b), g)
-            t[v + " compiled"] = time_fwd_bwd(torch.compile(fn, fullgraph=True, dynamic=False), (x, W, S, b), g)
+            fns[v] = fn
+            fns[v + " compiled"] = torch.compile(fn, fullgraph=True, dynamic=False)
+        t = time_interleaved(fns, (x, W, S, b), g)
         best = min((c for c in columns if not c.startswith("quadnet")), key=t.get)
         row = {"shape": [N, C, H, Wd, n, r], "seconds": t, "best_pytorch": best,
                "best_pytorch_over_quadnet": t[best] / t["quadnet"]}

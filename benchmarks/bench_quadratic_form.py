@@ -8,8 +8,9 @@ form) run eagerly and under torch.compile (Inductor, fullgraph, static shapes); 
 runs eagerly and under torch.compile too. nn.Bilinear gets the same canonical
 A_i = W^T S_i W as its weight (its natural parameterisation, d×d per output); where one call
 would take seconds it is timed on a slice of the batch and scaled to the full batch (its cost
-is linear in the batch), marked "~". Times are medians from one run, and the ratios are taken
-within that run (the machine is shared: compare ratios, not seconds).
+is linear in the batch), marked "~". Times are medians over five interleaved rounds of one run
+(every variant timed in every round; nn.Bilinear on its own), and the ratios are taken within that
+run (the machine is shared: compare ratios, not seconds).
 """
 import argparse
 import os
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
-from common import save_rows, time_fwd_bwd  # noqa: E402
+from common import save_rows, time_fwd_bwd, time_interleaved  # noqa: E402
 
 import quadnet  # noqa: E402
 
@@ -93,10 +94,9 @@ def main():
         g = torch.randn(B, n, device=device)
         torch._dynamo.reset()  # every compiled function compiles for this shape afresh
         COMPILED.clear()
-        t = {}
-        for column, fn in zip(columns, [quadnet_op, compiled(quadnet_op), gemm_form, compiled(gemm_form),
-                                        einsum_form, compiled(einsum_form)]):
-            t[column] = time_fwd_bwd(fn, (x, W, S), g)
+        fns = dict(zip(columns, [quadnet_op, compiled(quadnet_op), gemm_form, compiled(gemm_form), einsum_form,
+                                 compiled(einsum_form)]))
+        t = time_interleaved(fns, (x, W, S), g)
         t["bilinear"], scaled = time_bilinear(x, A, g)
         quadnet_default = t["quadnet"]  # what a user gets without torch.compile
         best_pt = min(t[c] for c in columns[2:])

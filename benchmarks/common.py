@@ -30,6 +30,33 @@ def time_fwd_bwd(fn, inputs, grad):
     return timer.blocked_autorange(min_run_time=1.0).median
 
 
+def time_interleaved(fns, inputs, grad, rounds=5, min_run_time=0.2):
+    """{name: median seconds of fn(*inputs).backward(grad)} for every fn of ``fns``, measured in
+    ``rounds`` interleaved rounds (each round times every fn for ``min_run_time`` after one untimed
+    call, in an order rotated from round to round) after two warm-up calls each. On a shared
+    machine whose speed drifts over seconds, this keeps a slow spell from landing on one variant:
+    the ratios between variants are taken over the same stretch of time."""
+    def step_of(fn):
+        def step():
+            for t in inputs:
+                t.grad = None
+            fn(*inputs).backward(grad)
+            if grad.is_cuda:
+                torch.cuda.synchronize()
+        return step
+    steps = {name: step_of(fn) for name, fn in fns.items()}
+    for step in steps.values():  # warm-up (and compilation, for compiled functions)
+        step()
+        step()
+    names, times = list(steps), {name: [] for name in steps}
+    for k in range(rounds):
+        for name in names[k % len(names):] + names[:k % len(names)]:
+            steps[name]()  # one untimed call: each block measures the variant warm
+            timer = Timer("step()", globals={"step": steps[name]}, num_threads=torch.get_num_threads())
+            times[name].append(timer.blocked_autorange(min_run_time=min_run_time).median)
+    return {name: sorted(values)[len(values) // 2] for name, values in times.items()}
+
+
 def median_time(fn, *args, repeats=5, budget=20.0):
     """Median seconds of fn(*args) over `repeats` calls after one warm-up (fewer if they pass
     `budget` seconds)."""

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "../utils/checks.h"
+#include "../utils/enum_names.h"
 #include "detail.h"
 #include "solvers.h"
 
@@ -193,13 +194,14 @@ GLRAMResult cast_result(GLRAMResult result, const at::Tensor& like) {
 
 using namespace detail;
 
-const char* solver_name(GLRAMSolver solver) { return solver == GLRAMSolver::exact ? "exact" : "rayleigh_ritz"; }
+namespace {
+const utils::EnumNames<GLRAMSolver, 2> kSolverNames{
+    "solver", {{{GLRAMSolver::rayleigh_ritz, "rayleigh_ritz"}, {GLRAMSolver::exact, "exact"}}}};
+}  // namespace
 
-GLRAMSolver parse_solver(const std::string& name, const char* op) {
-  if (name == "rayleigh_ritz") return GLRAMSolver::rayleigh_ritz;
-  TORCH_CHECK_VALUE(name == "exact", op, ": solver must be \"rayleigh_ritz\" or \"exact\", got \"", name, "\"");
-  return GLRAMSolver::exact;
-}
+const char* solver_name(GLRAMSolver solver) { return kSolverNames.name(solver); }
+
+GLRAMSolver parse_solver(const std::string& name, const char* op) { return kSolverNames.parse(name, op); }
 
 GLRAMResult glram(const at::Tensor& A, int64_t rank, const GLRAMOptions& options) {
   constexpr const char* op = "glram";

@@ -5,6 +5,7 @@
 #include <torch/types.h>
 
 #include "../nn/quadratic_conv.h"
+#include "../utils/enum_names.h"
 #include "../utils/symmetric.h"
 #include "detail.h"
 
@@ -219,14 +220,15 @@ void check_options(const GLRAMSGDOptions& options) {
   TORCH_CHECK_VALUE(options.tol() >= 0, "GLRAMSGD: tol must be >= 0, got ", options.tol());
 }
 
-const char* projection_name(GLRAMSGDProjection projection) {
-  return projection == GLRAMSGDProjection::full ? "full" : "tangent";
-}
+namespace {
+const utils::EnumNames<GLRAMSGDProjection, 2> kProjectionNames{
+    "projection", {{{GLRAMSGDProjection::tangent, "tangent"}, {GLRAMSGDProjection::full, "full"}}}};
+}  // namespace
+
+const char* projection_name(GLRAMSGDProjection projection) { return kProjectionNames.name(projection); }
 
 GLRAMSGDProjection parse_projection(const std::string& name, const char* op) {
-  if (name == "tangent") return GLRAMSGDProjection::tangent;
-  TORCH_CHECK_VALUE(name == "full", op, ": projection must be \"tangent\" or \"full\", got \"", name, "\"");
-  return GLRAMSGDProjection::full;
+  return kProjectionNames.parse(name, op);
 }
 
 namespace {
