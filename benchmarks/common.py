@@ -16,14 +16,20 @@ def save_rows(path, rows, **extra):
     print(f"saved {path}")
 
 
-def time_fwd_bwd(fn, inputs, grad):
-    """Median seconds of fn(*inputs).backward(grad), after two warm-up calls (compilation too)."""
+def fwd_bwd_step(fn, inputs, grad):
+    """A callable that runs fn(*inputs).backward(grad) once, from cleared gradients, synchronised."""
     def step():
         for t in inputs:
             t.grad = None
         fn(*inputs).backward(grad)
         if grad.is_cuda:
             torch.cuda.synchronize()
+    return step
+
+
+def time_fwd_bwd(fn, inputs, grad):
+    """Median seconds of fn(*inputs).backward(grad), after two warm-up calls (compilation too)."""
+    step = fwd_bwd_step(fn, inputs, grad)
     step()  # warm-up (and compilation, for compiled functions)
     step()
     timer = Timer("step()", globals={"step": step}, num_threads=torch.get_num_threads())
@@ -36,15 +42,7 @@ def time_interleaved(fns, inputs, grad, rounds=5, min_run_time=0.2):
     call, in an order rotated from round to round) after two warm-up calls each. On a shared
     machine whose speed drifts over seconds, this keeps a slow spell from landing on one variant:
     the ratios between variants are taken over the same stretch of time."""
-    def step_of(fn):
-        def step():
-            for t in inputs:
-                t.grad = None
-            fn(*inputs).backward(grad)
-            if grad.is_cuda:
-                torch.cuda.synchronize()
-        return step
-    steps = {name: step_of(fn) for name, fn in fns.items()}
+    steps = {name: fwd_bwd_step(fn, inputs, grad) for name, fn in fns.items()}
     for step in steps.values():  # warm-up (and compilation, for compiled functions)
         step()
         step()
