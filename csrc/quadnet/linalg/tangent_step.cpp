@@ -313,12 +313,21 @@ TangentUpdateResult tangent_update(const at::Tensor& weight, const at::Tensor& S
   auto cN = orthogonal_part(span, cV, step.cN);
   auto cQ = orthonormal_columns(span, at::mm(cN, squares.vectors));
   const auto q = cQ.size(1);
-  auto cU = at::cat({cV, cQ}, 1);                                                   // m × (r + q)
-  auto UKS = at::matmul(span.inner(cU, cN), LS);                                    // U^T K S_i ((r + q) × r each)
+  auto cU = at::cat({cV, cQ}, 1);                 // m × (r + q)
+  auto UKS = at::matmul(span.inner(cU, cN), LS);  // U^T K S_i = [a_i; b_i] ((r + q) × r each; a_i ≈ 0, N ⊥ V)
   auto aU = at::cat({at::eye(r, R.options()), at::zeros({q, r}, R.options())}, 0);  // U^T V
   auto T = Sf - step.dS * lr;
-  auto C = sandwich(aU, T, aU) - (at::matmul(UKS, aU.t()) + at::matmul(aU, UKS.transpose(1, 2))) * lr;
-  auto projection = glram_float64(symmetric_part(C), r, aU, options.glram());
+  // C_i = U^T (A_i − lr ξ_i) U = [[T_i − lr (a_i + a_i^T), −lr b_i^T], [−lr b_i, 0]], written block
+  // by block: as products with U^T V = [I; 0] it costs 2 n (r + q)² r flops and four (n, r + q, r + q)
+  // temporaries, most of a step at the demo's first layer. The same values, exactly symmetric
+  // (T_i and a_i + a_i^T are).
+  const auto n = S.size(0);
+  auto C = at::zeros({n, r + q, r + q}, T.options());
+  auto a = UKS.narrow(1, 0, r), b = UKS.narrow(1, r, q);
+  C.narrow(1, 0, r).narrow(2, 0, r).copy_(T - (a + a.transpose(1, 2)) * lr);
+  C.narrow(1, r, q).narrow(2, 0, r).copy_(b * -lr);
+  C.narrow(1, 0, r).narrow(2, r, q).copy_(b.transpose(1, 2) * -lr);
+  auto projection = glram_float64(C, r, aU, options.glram());
   auto cW_new = at::mm(cU, projection.weight.t());  // V' = U Y
   auto W_new = span.rows(cW_new);                   // (r × d)
   auto S_new = projection.S;
