@@ -24,8 +24,10 @@ layer's gradients, no batch) at the same (B, d, r, n), the gradients of the same
 The optimizer rows time whole training steps (zero_grad, forward, cross-entropy, backward,
 step) on standardised Fashion-MNIST batches of 128: SGD (momentum 0.9), GLRAMSGD with
 projection="tangent" (momentum 0.9) and with projection="full" and each solver, for
-QuadraticLayer(784, 10, rank=25) and for the main demo's DeepPolynomialNet([784, 128, 10],
-[32, 16], norm=True) with the demo's settings (canonical lr 0.005, max_iter=3); medians after
+QuadraticLayer(784, 10, rank=25), for the main demo's DeepPolynomialNet([784, 128, 10],
+[32, 16], norm=True) with the demo's settings (canonical lr 0.005, max_iter=3), and for the
+polynomial convnet example's network (two PolynomialConvBlocks; tangent only: the full step
+refuses convolutions); the variants of a model step in turn on each batch; medians after
 warm-up.
 """
 import argparse
@@ -133,56 +135,84 @@ def fmnist_batches(steps, batch=128):
 
 
 def optimizer_steps(steps=60, warmup=10):
-    """Median seconds of a whole training step per model and optimizer (module docstring)."""
+    """Median seconds of a whole training step per model and optimizer (module docstring). The
+    optimizers of one model take their steps in turn on each batch (the machine's speed drifts
+    within minutes; interleaving gives every variant the same conditions)."""
     batches = fmnist_batches(steps)
     demo = sys.modules.get("demo") or _import_demo()
+    convnet = sys.modules.get("polynomial_convnet_fashion_mnist") or _import_example(
+        "polynomial_convnet_fashion_mnist")
 
     def models():
         torch.manual_seed(0)
-        yield "QuadraticLayer(784, 10, rank=25)", quadnet.nn.QuadraticLayer(784, 10, 25), 0.01, {}
+        yield "QuadraticLayer(784, 10, rank=25)", quadnet.nn.QuadraticLayer(784, 10, 25), 0.01, False
         torch.manual_seed(0)
         yield "demo DeepPolynomialNet", quadnet.nn.DeepPolynomialNet(demo.SIZES, demo.RANKS, norm=True,
-                                                                   quadratic_norm=demo.QUADRATIC_NORM), 0.02, {}
+                                                                   quadratic_norm=demo.QUADRATIC_NORM), 0.02, False
+        torch.manual_seed(0)
+        yield "convnet example's polynomial net", convnet.polynomial_net(), 0.01, True
 
+    def optimizer(label, model, name, lr, is_conv):
+        kind = label.split()[-1]
+        projection = "tangent" if kind == "tangent" else "full"
+        solver = "rayleigh_ritz" if kind == "tangent" else kind
+        if label == "SGD":
+            return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+        if name.startswith("demo"):
+            return demo.glram_sgd(model, lr, solver=solver, projection=projection)
+        if is_conv and projection == "full":
+            return None  # projection="full" refuses quadratic convolutions
+        momentum = 0.9 if projection == "tangent" else 0.0
+        return quadnet.optim.GLRAMSGD(model, lr=lr, momentum=momentum, solver=solver, projection=projection)
+
+    labels = ("SGD", "GLRAMSGD tangent", "GLRAMSGD rayleigh_ritz", "GLRAMSGD exact")
     rows = []
-    for name, fresh, lr, _ in models():
-        row = {"model": name}
-        for label in ("SGD", "GLRAMSGD tangent", "GLRAMSGD rayleigh_ritz", "GLRAMSGD exact"):
+    for name, fresh, lr, is_conv in models():
+        runs = {}
+        for label in labels:
             model = copy.deepcopy(fresh)
-            kind = label.split()[-1]
-            projection = "tangent" if kind == "tangent" else "full"
-            solver = "rayleigh_ritz" if kind == "tangent" else kind
-            if label == "SGD":
-                opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-            elif name.startswith("demo"):
-                opt = demo.glram_sgd(model, lr, solver=solver, projection=projection)
-            else:
-                momentum = 0.9 if projection == "tangent" else 0.0
-                opt = quadnet.optim.GLRAMSGD(model, lr=lr, momentum=momentum, solver=solver, projection=projection)
-            times = []
-            for x, y in batches:
+            opt = optimizer(label, model, name, lr, is_conv)
+            if opt is not None:
+                runs[label] = (model, opt, [])
+        for x, y in batches:
+            if is_conv:
+                x = x.view(-1, 1, 28, 28)
+            for model, opt, times in runs.values():
                 t0 = time.perf_counter()
                 opt.zero_grad()
                 torch.nn.functional.cross_entropy(model(x), y).backward()
                 opt.step()
                 times.append(time.perf_counter() - t0)
-            row[label] = median(times[warmup:])
+        row = {"model": name}
+        for label in labels:
+            row[label] = median(runs[label][2][warmup:]) if label in runs else None
         for kind in ("tangent", "rayleigh_ritz", "exact"):
-            row[f"{kind}_over_sgd"] = row[f"GLRAMSGD {kind}"] / row["SGD"]
+            t = row[f"GLRAMSGD {kind}"]
+            row[f"{kind}_over_sgd"] = t / row["SGD"] if t is not None else None
         rows.append(row)
-        print(f"  {name}: step SGD {row['SGD'] * 1e3:.2f} ms, GLRAMSGD tangent "
-              f"{row['GLRAMSGD tangent'] * 1e3:.2f} ms ({row['tangent_over_sgd']:.1f}x SGD), full rayleigh_ritz "
-              f"{row['GLRAMSGD rayleigh_ritz'] * 1e3:.2f} ms ({row['rayleigh_ritz_over_sgd']:.1f}x SGD), "
-              f"exact {row['GLRAMSGD exact'] * 1e3:.2f} ms ({row['exact_over_sgd']:.1f}x SGD)")
+
+        def cell(kind):
+            t = row[f"GLRAMSGD {kind}"]
+            if t is None:
+                return "n/a (refuses convolutions)"
+            return f"{t * 1e3:.2f} ms ({row[f'{kind}_over_sgd']:.2f}x SGD)"
+        print(f"  {name}: step SGD {row['SGD'] * 1e3:.2f} ms, GLRAMSGD tangent {cell('tangent')}, "
+              f"full rayleigh_ritz {cell('rayleigh_ritz')}, exact {cell('exact')}")
     return rows
 
 
 def _import_demo():
+    return _import_example("train_deep_polynomial_fashion_mnist", as_name="demo")
+
+
+def _import_example(file_stem, as_name=None):
     import importlib.util
-    path = os.path.join(os.path.dirname(__file__), "..", "examples", "train_deep_polynomial_fashion_mnist.py")
-    spec = importlib.util.spec_from_file_location("demo", path)
+    examples = os.path.join(os.path.dirname(__file__), "..", "examples")
+    if examples not in sys.path:
+        sys.path.insert(0, examples)  # the examples import their fashion_mnist helper
+    spec = importlib.util.spec_from_file_location(as_name or file_stem, os.path.join(examples, f"{file_stem}.py"))
     module = importlib.util.module_from_spec(spec)
-    sys.modules["demo"] = module
+    sys.modules[as_name or file_stem] = module
     spec.loader.exec_module(module)
     return module
 
@@ -223,6 +253,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="results/bench_glram.json")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--steps-only", action="store_true", help="only the whole-training-step rows")
     parser.add_argument("--measure", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -230,7 +261,7 @@ def main():
         return measure(args.measure[0], tuple(int(v) for v in args.measure[1:]))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; layer float32, projections in float64")
     rows = []
-    for shape in SHAPES:
+    for shape in [] if args.steps_only else SHAPES:
         B, d, r, n = shape
         layer, X, G = problem(*shape)
         variants = {"rayleigh_ritz": factored, "exact": exact, "dense": dense}

@@ -51,6 +51,21 @@ def test_polynomial_convnet_example_runs_exports_and_classifies_in_cpp(tmp_path,
     assert cpp["identical_predictions"] == 10000
 
 
+def test_polynomial_convnet_example_compares_optimizers_on_the_polynomial_net(tmp_path):
+    out = run_example("polynomial_convnet_fashion_mnist.py", "--train-size", "2048", "--epochs", "1",
+                      "--search-epochs", "1", "--lrs", "0.002", "--glramsgd-lrs", "0.01", "--sgd-lrs", "0.01",
+                      "--optimizers", "adam", "glramsgd", "sgd", "--models", "polynomial", "--no-export",
+                      "--out", str(tmp_path))
+    runs = json.load(open(tmp_path / "results.json"))["runs"]
+    assert set(runs) == {"polynomial", "polynomial, GLRAMSGD", "polynomial, SGD"}
+    assert [runs[k]["optimizer"] for k in sorted(runs)] == ["Adam", "GLRAMSGD", "SGD"]
+    for name, run in runs.items():
+        assert run["model"] == "polynomial" and run["final_test_accuracy"] > 0.5, name  # 16 steps learn something
+    # GLRAMSGD projects the quadratic convolutions (a different trajectory from SGD's on the same batches)
+    assert runs["polynomial, GLRAMSGD"]["history"]["train_loss"] != runs["polynomial, SGD"]["history"]["train_loss"]
+    assert "GLRAMSGD" in out.split("verdict:")[-1]
+
+
 def test_deep_polynomial_depth_study_runs_and_reports_every_setting(tmp_path):
     out = run_example("deep_polynomial_depth.py", "--steps", "300", "--seeds", "1", "--fmnist-epochs", "0",
                       "--threads", "1", "--out", str(tmp_path))
