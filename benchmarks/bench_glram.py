@@ -29,6 +29,11 @@ QuadraticLayer(784, 10, rank=25), for the main demo's DeepPolynomialNet([784, 12
 polynomial convnet example's network (two PolynomialConvBlocks; tangent only: the full step
 refuses convolutions); the variants of a model step in turn on each batch; medians after
 warm-up.
+
+--profile times tangent_step alone at the main demo's first layer (784 inputs, 128 outputs,
+rank 32, a random layer's gradients, lr PROFILE_LR) with 0, 1, 2 and the default number of
+GLRAM iterations allowed in its retraction, and lists the operators that take its time
+(torch.profiler, self CPU time, grouped by input shapes).
 """
 import argparse
 import copy
@@ -49,6 +54,7 @@ from quadnet.ops import canonical_form, canonical_gradient  # noqa: E402
 SHAPES = [(128, 784, 25, 10), (128, 900, 10, 100)]
 LR = 0.1
 TRAIN_LR, TRAIN_STEPS, TRAIN_WARMUP = 0.01, 40, 10
+PROFILE_SHAPE, PROFILE_LR = (128, 784, 32, 128), 0.01
 
 
 def problem(B, d, r, n):
@@ -249,17 +255,48 @@ def measure(variant, shape):
     print(max(0, peak - before) * 1024)
 
 
+def profile_tangent(top=10):
+    """Where a tangent step's time goes at the demo's first layer (see the module docstring)."""
+    from quadnet.linalg import DEFAULT_MAX_ITER
+    layer, X, G = problem(*PROFILE_SHAPE)
+    weight_grad, S_grad = layer_gradients(layer, X, G)
+    weight, S = layer.weight.detach(), layer.S.detach()
+
+    def step(max_iter):
+        return tangent_step(weight, S, weight_grad, S_grad, PROFILE_LR, max_iter=max_iter)
+
+    B, d, r, n = PROFILE_SHAPE
+    print(f"tangent_step at d={d}, n={n}, r={r}, lr {PROFILE_LR}: retraction on {n} matrices of {2 * r}x{2 * r}")
+    t_fb = median_time(forward_backward, layer, X, G, repeats=20)
+    print(f"  layer forward+backward (batch {B}) {t_fb * 1e3:.2f} ms")
+    for max_iter in (0, 1, 2, DEFAULT_MAX_ITER):
+        t = median_time(step, max_iter, repeats=20)
+        print(f"  max_iter {max_iter:3d}: {t * 1e3:7.2f} ms  ({step(max_iter).iterations} GLRAM iterations, "
+              f"{t / t_fb:.1f}x fwd+bwd)")
+    calls = 10
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(calls):
+            step(DEFAULT_MAX_ITER)
+    print(f"  operators by self CPU time over {calls} calls at the default max_iter:")
+    print(prof.key_averages(group_by_input_shape=True).table(sort_by="self_cpu_time_total", row_limit=top,
+                                                              max_name_column_width=24,
+                                                              max_shapes_column_width=60))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="results/bench_glram.json")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--steps-only", action="store_true", help="only the whole-training-step rows")
+    parser.add_argument("--profile", action="store_true", help="only the profile of tangent_step")
     parser.add_argument("--measure", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.measure:
         return measure(args.measure[0], tuple(int(v) for v in args.measure[1:]))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; layer float32, projections in float64")
+    if args.profile:
+        return profile_tangent()
     rows = []
     for shape in [] if args.steps_only else SHAPES:
         B, d, r, n = shape
