@@ -140,6 +140,29 @@ TEST(GLRAMSGD, SolverAndProjectionAreSavedByName) {
   EXPECT_EQ(restored.solver(), GLRAMSolver::exact);
   EXPECT_EQ(restored.projection(), GLRAMSGDProjection::full);
 
+  // An archive of the first release (lr, momentum, weight_decay, tol, max_iter only) loads with the
+  // later options' defaults.
+  torch::serialize::OutputArchive first;
+  first.write("lr", c10::IValue(0.2));
+  first.write("momentum", c10::IValue(0.5));
+  first.write("weight_decay", c10::IValue(0.0));
+  first.write("tol", c10::IValue(1e-6));
+  first.write("max_iter", c10::IValue(int64_t{3}));
+  std::stringstream first_stream;
+  first.save_to(first_stream);
+  torch::serialize::InputArchive first_in;
+  first_in.load_from(first_stream);
+  GLRAMSGDOptions old(0.5);
+  old.solver(GLRAMSolver::exact).projection(GLRAMSGDProjection::full).dampening(0.3).nesterov(true).maximize(true);
+  old.serialize(first_in);
+  EXPECT_EQ(old.lr(), 0.2);
+  EXPECT_EQ(old.momentum(), 0.5);
+  EXPECT_EQ(old.solver(), GLRAMSolver::rayleigh_ritz);
+  EXPECT_EQ(old.projection(), GLRAMSGDProjection::tangent);
+  EXPECT_EQ(old.dampening(), 0.0);
+  EXPECT_FALSE(old.nesterov());
+  EXPECT_FALSE(old.maximize());
+
   torch::serialize::OutputArchive bad;
   bad.write("lr", c10::IValue(0.1));
   bad.write("momentum", c10::IValue(0.0));

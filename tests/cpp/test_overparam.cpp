@@ -162,6 +162,21 @@ TEST(EndToEndSGD, ParamGroupsSaveAndLoad) {
   EXPECT_EQ(first.depth(), 3);
   EXPECT_EQ(second.lr(), 0.5);
   EXPECT_EQ(second.depth(), 1);
+
+  // Options saved before `maximize` existed (lr and depth only) load with its default.
+  torch::serialize::OutputArchive first_release;
+  first_release.write("lr", c10::IValue(0.2));
+  first_release.write("depth", c10::IValue(int64_t{2}));
+  std::stringstream first_stream;
+  first_release.save_to(first_stream);
+  torch::serialize::InputArchive first_in;
+  first_in.load_from(first_stream);
+  quadnet::optim::EndToEndSGDOptions old(0.5, 3);
+  old.maximize(true);
+  old.serialize(first_in);
+  EXPECT_EQ(old.lr(), 0.2);
+  EXPECT_EQ(old.depth(), 2);
+  EXPECT_FALSE(old.maximize());
 }
 
 }  // namespace

@@ -237,15 +237,21 @@ def test_invalid_arguments():
     assert len(opt.param_groups) == 1
 
 
-def test_state_dict_from_before_the_solver_option_loads():
+@pytest.mark.parametrize("dropped", [("solver",), ("solver", "projection", "dampening", "nesterov", "maximize")])
+def test_state_dict_from_before_the_newer_options_loads(dropped):
+    """A state dict saved before an option existed loads with that option's default (the first
+    release had lr, momentum, weight_decay, tol and max_iter only)."""
     layer = QuadraticLayer(4, 2, 2)
-    opt = GLRAMSGD(layer, lr=0.1, solver="exact")
+    opt = GLRAMSGD(layer, lr=0.1, momentum=0.5, dampening=0.1, solver="exact", projection="full", maximize=True)
     state = opt.state_dict()
     for group in state["param_groups"]:
-        del group["solver"]
-    fresh = GLRAMSGD(layer, lr=0.1, solver="exact")
+        for key in dropped:
+            del group[key]
+    fresh = GLRAMSGD(layer, lr=0.1, momentum=0.5, dampening=0.1, solver="exact", projection="full", maximize=True)
     fresh.load_state_dict(state)
-    assert fresh.param_groups[0]["solver"] == "rayleigh_ritz"
+    defaults = {"solver": "rayleigh_ritz", "projection": "tangent", "dampening": 0.0, "nesterov": False,
+                "maximize": False}
+    assert {key: fresh.param_groups[0][key] for key in dropped} == {key: defaults[key] for key in dropped}
     layer(torch.randn(3, 4)).sum().backward()
     fresh.step()
 

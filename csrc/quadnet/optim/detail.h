@@ -49,7 +49,8 @@ void save_group_options(torch::serialize::OutputArchive& archive, const torch::o
   }
 }
 
-// Archives written without the options (older saves) leave the current options in place.
+// Archives written without the options (older saves) leave the current options in place; an
+// archive's options lacking a later option give it that option's default (Options::serialize).
 template <class Options>
 void load_group_options(torch::serialize::InputArchive& archive, torch::optim::Optimizer& optimizer) {
   auto& groups = optimizer.param_groups();

@@ -83,8 +83,9 @@ void EndToEndSGDOptions::serialize(torch::serialize::OutputArchive& archive) con
 void EndToEndSGDOptions::serialize(torch::serialize::InputArchive& archive) {
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(double, lr);
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(int64_t, depth);
-  c10::IValue value;  // absent from archives written before the option existed
-  if (archive.try_read("maximize", value)) maximize(value.toBool());
+  // absent from archives written before the option existed: its default, as in Python
+  c10::IValue value;
+  maximize(archive.try_read("maximize", value) ? value.toBool() : EndToEndSGDOptions(lr()).maximize());
 }
 
 EndToEndSGD::EndToEndSGD(std::vector<torch::optim::OptimizerParamGroup> param_groups, EndToEndSGDOptions defaults)

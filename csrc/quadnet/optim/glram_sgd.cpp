@@ -382,14 +382,16 @@ void GLRAMSGDOptions::serialize(torch::serialize::InputArchive& archive) {
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(double, weight_decay);
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(double, tol);
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(int64_t, max_iter);
-  c10::IValue solver_value;  // absent from archives written before the option existed
-  if (archive.try_read("solver", solver_value)) solver(linalg::parse_solver(solver_value.toStringRef(), "GLRAMSGD"));
-  // absent from archives written before these options existed: the current values stay
+  // Options added after the first release are absent from older archives: they take their
+  // defaults, as Python's load_state_dict gives them, not the values these options held.
+  const GLRAMSGDOptions defaults(lr());
   c10::IValue value;
-  if (archive.try_read("projection", value)) projection(parse_projection(value.toStringRef(), "GLRAMSGD"));
-  if (archive.try_read("dampening", value)) dampening(value.toDouble());
-  if (archive.try_read("nesterov", value)) nesterov(value.toBool());
-  if (archive.try_read("maximize", value)) maximize(value.toBool());
+  solver(archive.try_read("solver", value) ? linalg::parse_solver(value.toStringRef(), "GLRAMSGD") : defaults.solver());
+  projection(archive.try_read("projection", value) ? parse_projection(value.toStringRef(), "GLRAMSGD")
+                                                   : defaults.projection());
+  dampening(archive.try_read("dampening", value) ? value.toDouble() : defaults.dampening());
+  nesterov(archive.try_read("nesterov", value) ? value.toBool() : defaults.nesterov());
+  maximize(archive.try_read("maximize", value) ? value.toBool() : defaults.maximize());
 }
 
 void GLRAMSGDParamState::serialize(torch::serialize::OutputArchive& archive) const {

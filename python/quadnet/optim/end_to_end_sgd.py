@@ -45,7 +45,7 @@ class EndToEndSGD(Optimizer):
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
         for group in self.param_groups:  # state dicts saved before the option existed
-            group.setdefault("maximize", False)
+            group.setdefault("maximize", _DEFAULTS["maximize"])
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
