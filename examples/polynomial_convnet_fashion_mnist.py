@@ -18,7 +18,10 @@ from --lrs by accuracy on a 5,000-image validation split after --search-epochs e
 same batches for both). ``--optimizers adam glramsgd sgd`` also trains the polynomial net with
 quadnet's GLRAMSGD (tangent step, momentum 0.9; its quadratic convolutions projected in their
 patch space) and with SGD of the same momentum, each with its own lr search (--glramsgd-lrs,
---sgd-lrs) and the same one-cycle schedule; ``--models polynomial`` skips the ReLU CNN.
+--sgd-lrs) and the same one-cycle schedule; ``--models polynomial`` skips the ReLU CNN. A single
+lr given for an optimizer is used without a search. Training recipe, the same for every run:
+``--shift k`` translates each training image by up to k pixels (random-shift augmentation),
+``--label-smoothing`` smooths the cross-entropy.
 
 Saves results.json and curves.png (test accuracy against epochs and against training time).
 The polynomial net of the first optimizer (taking raw pixels in [0, 1]) is exported with
@@ -86,9 +89,21 @@ OPTIMIZERS = {
 OPTIMIZER_LABELS = {"adam": "Adam", "glramsgd": "GLRAMSGD", "sgd": "SGD"}
 
 
-def train(make, lr, epochs, data, batch, label, eval_set, optimizer="adam"):
-    """``optimizer`` (a key of OPTIMIZERS) + one-cycle; returns (model, history of (epoch, seconds,
-    loss, accuracy on eval_set))."""
+def random_shift(x, max_shift, generator):
+    """Each image of ``x`` ((B, 784) pixels in [0, 1]) translated by up to ``max_shift`` pixels along
+    each axis, independently per image; the border shifted in is 0 (the background)."""
+    B = len(x)
+    padded = F.pad(x.view(B, 28, 28), (max_shift,) * 4)
+    offsets = torch.randint(0, 2 * max_shift + 1, (2, B), generator=generator)
+    rows = (offsets[0, :, None] + torch.arange(28))[:, :, None]  # (B, 28, 1)
+    cols = (offsets[1, :, None] + torch.arange(28))[:, None, :]  # (B, 1, 28)
+    return padded[torch.arange(B)[:, None, None], rows, cols].reshape(B, 784)
+
+
+def train(make, lr, epochs, data, batch, label, eval_set, optimizer="adam", shift=0, label_smoothing=0.0):
+    """``optimizer`` (a key of OPTIMIZERS) + one-cycle, on batches randomly shifted by up to ``shift``
+    pixels, with cross-entropy smoothed by ``label_smoothing``; returns (model, history of (epoch,
+    seconds, loss, accuracy on eval_set))."""
     xtr, ytr = data
     torch.manual_seed(0)
     model = make()
@@ -96,6 +111,7 @@ def train(make, lr, epochs, data, batch, label, eval_set, optimizer="adam"):
     steps = len(xtr) // batch
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps)
     order = torch.Generator().manual_seed(1)
+    shifts = torch.Generator().manual_seed(2)
     history = {"epoch": [], "seconds": [], "train_loss": [], "accuracy": []}
     elapsed = 0.0
     for epoch in range(1, epochs + 1):
@@ -104,7 +120,8 @@ def train(make, lr, epochs, data, batch, label, eval_set, optimizer="adam"):
         for i in range(steps):
             idx = perm[i * batch:(i + 1) * batch]
             start = time.perf_counter()
-            loss = F.cross_entropy(model(xtr[idx]), ytr[idx])
+            inputs = random_shift(xtr[idx], shift, shifts) if shift else xtr[idx]
+            loss = F.cross_entropy(model(inputs), ytr[idx], label_smoothing=label_smoothing)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -187,6 +204,9 @@ def main():
                         help="optimizers for the polynomial net (the ReLU CNN is trained with Adam)")
     parser.add_argument("--models", nargs="+", choices=["polynomial", "ReLU CNN"], default=["polynomial", "ReLU CNN"])
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--shift", type=int, default=0,
+                        help="random-shift augmentation: translate each training image by up to this many pixels")
+    parser.add_argument("--label-smoothing", type=float, default=0.0)
     parser.add_argument("--train-size", type=int, default=55000, help="training images (the first N of the split)")
     parser.add_argument("--no-export", action="store_true", help="skip the AOTInductor export and the C++ check")
     parser.add_argument("--out", default="results/polynomial_convnet_fmnist")
@@ -213,14 +233,15 @@ def main():
     for name, model_name, optimizer in plan:
         make = makers[model_name]
         search = {}
-        for lr in search_lrs[optimizer]:
+        for lr in search_lrs[optimizer] if len(search_lrs[optimizer]) > 1 else []:  # one lr: nothing to pick
             _, h = train(make, lr, args.search_epochs, (xtr, ytr), args.batch, f"{name} lr {lr:g} (search)",
-                         (xval, yval), optimizer)
+                         (xval, yval), optimizer, args.shift, args.label_smoothing)
             search[lr] = h["accuracy"][-1]
-        lr = max(search, key=search.get)
+        lr = max(search, key=search.get) if search else search_lrs[optimizer][0]
         print(f"{name}: validation accuracy after {args.search_epochs} epochs "
               + ", ".join(f"lr {k:g} {v:.4f}" for k, v in search.items()) + f" -> lr {lr:g}")
-        model, h = train(make, lr, args.epochs, (xtr, ytr), args.batch, name, (xte, yte), optimizer)
+        model, h = train(make, lr, args.epochs, (xtr, ytr), args.batch, name, (xte, yte), optimizer, args.shift,
+                         args.label_smoothing)
         reached = [t for t, a in zip(h["seconds"], h["accuracy"]) if a >= TARGET_ACCURACY]
         runs[name] = {"model": model_name, "optimizer": OPTIMIZER_LABELS[optimizer], "lr": lr,
                       "search_validation_accuracy": {str(k): v for k, v in search.items()},
@@ -240,8 +261,8 @@ def main():
     plot(runs, os.path.join(args.out, "curves.png"))
     verdict = "; ".join(verdicts(runs, args.epochs))
     summary = {"epochs": args.epochs, "search_epochs": args.search_epochs, "lrs": search_lrs, "batch": args.batch,
-               "train_size": len(xtr), "runs": runs, "cpp_check": cpp, "verdict": verdict,
-               "total_seconds": time.time() - start}
+               "shift": args.shift, "label_smoothing": args.label_smoothing, "train_size": len(xtr), "runs": runs,
+               "cpp_check": cpp, "verdict": verdict, "total_seconds": time.time() - start}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print("\nresults (test accuracy after the last epoch):")

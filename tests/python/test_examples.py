@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import torch
+
 ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 
 
@@ -37,12 +39,31 @@ def test_memory_wall_runs_and_measures(tmp_path):
         assert glram["peak_extra_MB_over_run"] < 50, glram["optimizer"]
 
 
+def test_random_shift_translates_each_image_by_its_own_offset():
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    from polynomial_convnet_fashion_mnist import random_shift
+
+    x = torch.rand(6, 784)
+    shifted = random_shift(x, 2, torch.Generator().manual_seed(0))
+    offsets = torch.randint(0, 5, (2, 6), generator=torch.Generator().manual_seed(0)) - 2
+    for image, out, dy, dx in zip(x.view(6, 28, 28), shifted.view(6, 28, 28), *offsets.tolist()):
+        reference = torch.zeros(28, 28)  # out(i, j) = image(i + dy, j + dx), 0 outside the image
+        reference[max(0, -dy):28 - max(0, dy), max(0, -dx):28 - max(0, dx)] = \
+            image[max(0, dy):28 + min(0, dy), max(0, dx):28 + min(0, dx)]
+        assert torch.equal(out, reference), (dy, dx)
+    assert not torch.equal(shifted, x)  # some of the six offsets are non-zero
+
+
 def test_polynomial_convnet_example_runs_exports_and_classifies_in_cpp(tmp_path, quadnet_app):
     run_example("polynomial_convnet_fashion_mnist.py", "--train-size", "4096", "--epochs", "1", "--search-epochs",
-                "1", "--lrs", "0.002", "--out", str(tmp_path))
+                "1", "--lrs", "0.002", "0.003", "--shift", "2", "--label-smoothing", "0.1", "--out", str(tmp_path))
     results = json.load(open(tmp_path / "results.json"))
     runs = results["runs"]
     assert set(runs) == {"polynomial", "ReLU CNN"} and os.path.getsize(tmp_path / "curves.png") > 0
+    assert (results["shift"], results["label_smoothing"]) == (2, 0.1)
+    for run in runs.values():  # both lrs tried on the validation images, the better one kept
+        search = run["search_validation_accuracy"]
+        assert set(search) == {"0.002", "0.003"} and run["lr"] == float(max(search, key=search.get))
     poly, relu = runs["polynomial"], runs["ReLU CNN"]
     assert abs(poly["parameters"] - relu["parameters"]) < 0.02 * poly["parameters"]  # same size
     assert poly["final_test_accuracy"] > 0.6 and relu["final_test_accuracy"] > 0.6  # 32 steps learn something
@@ -61,6 +82,7 @@ def test_polynomial_convnet_example_compares_optimizers_on_the_polynomial_net(tm
     assert [runs[k]["optimizer"] for k in sorted(runs)] == ["Adam", "GLRAMSGD", "SGD"]
     for name, run in runs.items():
         assert run["model"] == "polynomial" and run["final_test_accuracy"] > 0.5, name  # 16 steps learn something
+        assert run["search_validation_accuracy"] == {}, name  # one lr each: used without a search
     # GLRAMSGD projects the quadratic convolutions (a different trajectory from SGD's on the same batches)
     assert runs["polynomial, GLRAMSGD"]["history"]["train_loss"] != runs["polynomial, SGD"]["history"]["train_loss"]
     assert "GLRAMSGD" in out.split("verdict:")[-1]
