@@ -21,16 +21,22 @@ patch space) and with SGD of the same momentum, each with its own lr search (--g
 --sgd-lrs) and the same one-cycle schedule; ``--models polynomial`` skips the ReLU CNN. A single
 lr given for an optimizer is used without a search. Training recipe, the same for every run:
 ``--shift k`` translates each training image by up to k pixels (random-shift augmentation),
-``--label-smoothing`` smooths the cross-entropy.
+``--label-smoothing`` smooths the cross-entropy. ``--seeds N`` repeats each final run with N seeds
+(init, batch order, shifts; the lr searched with seed 0) and reports mean ± standard deviation;
+``--ablation`` first trains each model with each recipe of ABLATION (plain, random shift, label
+smoothing, both; Adam at --ablation-lr, seed 0) and prints the table of their effects. The goal
+the verdict checks: the polynomial net at least TARGET_ACCURACY and at least the ReLU CNN's
+accuracy, in under 600 s of training.
 
-Saves results.json and curves.png (test accuracy against epochs and against training time).
-The polynomial net of the first optimizer (taking raw pixels in [0, 1]) is exported with
-torch.export and AOTInductor (model.pt2) and, if the C++ example app is built, classified by
-it, with its predictions compared with Python's.
+Saves results.json (every run, the seeds, the ablation) and curves.png (test accuracy against
+epochs and against training time). The polynomial net of the first optimizer (taking raw pixels
+in [0, 1]) is exported with torch.export and AOTInductor (model.pt2) and, if the C++ example app
+is built, classified by it, with its predictions compared with Python's.
 """
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -46,7 +52,13 @@ from train_deep_polynomial_fashion_mnist import check_in_cpp, export_aoti  # noq
 
 import quadnet  # noqa: E402
 
-TARGET_ACCURACY = 0.915
+TARGET_ACCURACY = 0.925  # the goal: at least this, and at least the ReLU CNN's accuracy, in under 600 s
+
+# --ablation: each training ingredient alone and together, on each model, at one lr (1 seed)
+ABLATION = {"plain": {"shift": 0, "label_smoothing": 0.0},
+            "random shift (2 px)": {"shift": 2, "label_smoothing": 0.0},
+            "label smoothing 0.1": {"shift": 0, "label_smoothing": 0.1},
+            "shift + smoothing": {"shift": 2, "label_smoothing": 0.1}}
 
 
 def polynomial_net():
@@ -100,18 +112,19 @@ def random_shift(x, max_shift, generator):
     return padded[torch.arange(B)[:, None, None], rows, cols].reshape(B, 784)
 
 
-def train(make, lr, epochs, data, batch, label, eval_set, optimizer="adam", shift=0, label_smoothing=0.0):
+def train(make, lr, epochs, data, batch, label, eval_set, optimizer="adam", shift=0, label_smoothing=0.0, seed=0):
     """``optimizer`` (a key of OPTIMIZERS) + one-cycle, on batches randomly shifted by up to ``shift``
-    pixels, with cross-entropy smoothed by ``label_smoothing``; returns (model, history of (epoch,
-    seconds, loss, accuracy on eval_set))."""
+    pixels, with cross-entropy smoothed by ``label_smoothing``; ``seed`` draws the init, the batch
+    order and the shifts (the same for every model). Returns (model, history of (epoch, seconds,
+    loss, accuracy on eval_set))."""
     xtr, ytr = data
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = make()
     opt = OPTIMIZERS[optimizer](model, lr)
     steps = len(xtr) // batch
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps)
-    order = torch.Generator().manual_seed(1)
-    shifts = torch.Generator().manual_seed(2)
+    order = torch.Generator().manual_seed(1 + 10 * seed)
+    shifts = torch.Generator().manual_seed(2 + 10 * seed)
     history = {"epoch": [], "seconds": [], "train_loss": [], "accuracy": []}
     elapsed = 0.0
     for epoch in range(1, epochs + 1):
@@ -172,11 +185,13 @@ def verdicts(runs, epochs):
     out = []
     if "polynomial" in runs and "ReLU CNN" in runs:
         p, r = runs["polynomial"], runs["ReLU CNN"]
-        gap = p["final_test_accuracy"] - r["final_test_accuracy"]
-        out.append(f"polynomial convnet {p['final_test_accuracy']:.4f} vs ReLU CNN {r['final_test_accuracy']:.4f} "
-                   f"({gap:+.4f}) after {epochs} epochs; goal {TARGET_ACCURACY} in under 600 s of training: "
-                   + ("met" if p["final_test_accuracy"] >= TARGET_ACCURACY and p["train_seconds"] < 600
-                      else "not met")
+        (pm, ps), (rm, rs) = (p["seeds"][k] for k in ("mean", "std")), (r["seeds"][k] for k in ("mean", "std"))
+        n = len(p["seeds"]["final_test_accuracy"])
+        spread = f" ± {ps:.4f}" if n > 1 else ""
+        out.append(f"polynomial convnet {pm:.4f}{spread} vs ReLU CNN {rm:.4f}" + (f" ± {rs:.4f}" if n > 1 else "")
+                   + f" ({pm - rm:+.4f}; {n} seed{'s' if n > 1 else ''}) after {epochs} epochs; goal (>= "
+                   f"{TARGET_ACCURACY} and >= the ReLU CNN in under 600 s of training): "
+                   + ("met" if pm >= TARGET_ACCURACY and pm >= rm and p["train_seconds"] < 600 else "not met")
                    + f" ({p['train_seconds']:.0f} s); per step {p['seconds_per_step'] * 1e3:.0f} ms vs "
                    f"{r['seconds_per_step'] * 1e3:.0f} ms")
     by_optimizer = {run["optimizer"]: run for run in runs.values() if run["model"] == "polynomial"}
@@ -193,6 +208,20 @@ def verdicts(runs, epochs):
     return out
 
 
+def run_ablation(args, makers, data, test):
+    """Each recipe of ABLATION on each model of --models (Adam at --ablation-lr, one-cycle, seed 0):
+    {recipe: {model: final test accuracy}}, printed as a table of effects against "plain"."""
+    table = {recipe: {model: train(makers[model], args.ablation_lr, args.epochs, data, args.batch,
+                                   f"{model}, {recipe} (ablation)", test, "adam", **options)[1]["accuracy"][-1]
+                      for model in args.models}
+             for recipe, options in ABLATION.items()}
+    print(f"\nablation (Adam lr {args.ablation_lr:g}, {args.epochs} epochs, 1 seed; test accuracy, change from plain):")
+    for recipe, row in table.items():
+        print(f"  {recipe:22s} " + "  ".join(f"{model} {acc:.4f} ({acc - table['plain'][model]:+.4f})"
+                                            for model, acc in row.items()))
+    return table
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
@@ -207,6 +236,10 @@ def main():
     parser.add_argument("--shift", type=int, default=0,
                         help="random-shift augmentation: translate each training image by up to this many pixels")
     parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--seeds", type=int, default=1, help="seeds of the final runs (mean and spread reported)")
+    parser.add_argument("--ablation", action="store_true",
+                        help="first train each model with each recipe of ABLATION (Adam, --ablation-lr, seed 0)")
+    parser.add_argument("--ablation-lr", type=float, default=3e-3)
     parser.add_argument("--train-size", type=int, default=55000, help="training images (the first N of the split)")
     parser.add_argument("--no-export", action="store_true", help="skip the AOTInductor export and the C++ check")
     parser.add_argument("--out", default="results/polynomial_convnet_fmnist")
@@ -229,6 +262,7 @@ def main():
           f"{torch.get_num_threads()} thread(s); polynomial net {poly_params} parameters, ReLU CNN "
           f"(second conv {channels} channels) {trainable(relu_net(channels))}; runs: "
           + ", ".join(name for name, _, _ in plan))
+    ablation = run_ablation(args, makers, (xtr, ytr), (xte, yte)) if args.ablation else None
     runs, models = {}, {}
     for name, model_name, optimizer in plan:
         make = makers[model_name]
@@ -242,13 +276,18 @@ def main():
               + ", ".join(f"lr {k:g} {v:.4f}" for k, v in search.items()) + f" -> lr {lr:g}")
         model, h = train(make, lr, args.epochs, (xtr, ytr), args.batch, name, (xte, yte), optimizer, args.shift,
                          args.label_smoothing)
+        finals = [h["accuracy"][-1]] + [  # further seeds: the same lr and recipe, another init, order and shifts
+            train(make, lr, args.epochs, (xtr, ytr), args.batch, f"{name} seed {seed}", (xte, yte), optimizer,
+                  args.shift, args.label_smoothing, seed)[1]["accuracy"][-1] for seed in range(1, args.seeds)]
         reached = [t for t, a in zip(h["seconds"], h["accuracy"]) if a >= TARGET_ACCURACY]
         runs[name] = {"model": model_name, "optimizer": OPTIMIZER_LABELS[optimizer], "lr": lr,
                       "search_validation_accuracy": {str(k): v for k, v in search.items()},
                       "parameters": trainable(model), "history": h, "final_test_accuracy": h["accuracy"][-1],
                       "train_seconds": h["seconds"][-1], "seconds_per_step": h["seconds"][-1] / (
                           args.epochs * (len(xtr) // args.batch)),
-                      "seconds_to_target": reached[0] if reached else None}
+                      "seconds_to_target": reached[0] if reached else None,
+                      "seeds": {"final_test_accuracy": finals, "mean": statistics.mean(finals),
+                                "std": statistics.stdev(finals) if len(finals) > 1 else 0.0}}
         models[name] = model
     os.makedirs(args.out, exist_ok=True)
     cpp = None
@@ -262,15 +301,19 @@ def main():
     verdict = "; ".join(verdicts(runs, args.epochs))
     summary = {"epochs": args.epochs, "search_epochs": args.search_epochs, "lrs": search_lrs, "batch": args.batch,
                "shift": args.shift, "label_smoothing": args.label_smoothing, "train_size": len(xtr), "runs": runs,
-               "cpp_check": cpp, "verdict": verdict, "total_seconds": time.time() - start}
+               "seeds": args.seeds, "ablation": ablation, "cpp_check": cpp, "verdict": verdict,
+               "total_seconds": time.time() - start}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print("\nresults (test accuracy after the last epoch):")
     for name, run in runs.items():
         to_target = (f"{TARGET_ACCURACY} after {run['seconds_to_target']:.0f}s" if run["seconds_to_target"] is not None
                      else f"never {TARGET_ACCURACY}")
-        print(f"  {name:22s} {run['parameters']} params  lr {run['lr']:g}  acc {run['final_test_accuracy']:.4f}  "
-              f"{run['train_seconds']:.0f}s ({run['seconds_per_step'] * 1e3:.0f} ms/step; {to_target})")
+        seeds = run["seeds"]
+        over_seeds = (f" (seeds: {seeds['mean']:.4f} ± {seeds['std']:.4f})" if len(seeds["final_test_accuracy"]) > 1
+                      else "")
+        print(f"  {name:22s} {run['parameters']} params  lr {run['lr']:g}  acc {run['final_test_accuracy']:.4f}"
+              f"{over_seeds}  {run['train_seconds']:.0f}s ({run['seconds_per_step'] * 1e3:.0f} ms/step; {to_target})")
     print(f"verdict: {verdict}")
     print(f"saved {args.out}/results.json and {args.out}/curves.png; total {time.time() - start:.0f}s")
 

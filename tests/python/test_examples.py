@@ -72,6 +72,24 @@ def test_polynomial_convnet_example_runs_exports_and_classifies_in_cpp(tmp_path,
     assert cpp["identical_predictions"] == 10000
 
 
+def test_polynomial_convnet_example_ablates_the_recipe_and_repeats_seeds(tmp_path):
+    out = run_example("polynomial_convnet_fashion_mnist.py", "--train-size", "1024", "--epochs", "1", "--lrs", "0.003",
+                      "--seeds", "2", "--ablation", "--no-export", "--out", str(tmp_path))
+    results = json.load(open(tmp_path / "results.json"))
+    ablation = results["ablation"]
+    assert list(ablation) == ["plain", "random shift (2 px)", "label smoothing 0.1", "shift + smoothing"]
+    for model in ("polynomial", "ReLU CNN"):
+        finals = [row[model] for row in ablation.values()]
+        assert all(0 < acc <= 1 for acc in finals) and len(set(finals)) > 1, model  # each recipe trains differently
+    assert "ablation (Adam lr 0.003" in out
+    for name, run in results["runs"].items():
+        seeds = run["seeds"]  # seed 0 is the plotted run; seed 1 another init, batch order and shifts
+        a, b = seeds["final_test_accuracy"]
+        assert a == run["final_test_accuracy"] and a != b, name
+        assert abs(seeds["mean"] - (a + b) / 2) < 1e-12 and abs(seeds["std"] - abs(a - b) / 2 ** 0.5) < 1e-12, name
+    assert "2 seeds" in results["verdict"]
+
+
 def test_polynomial_convnet_example_compares_optimizers_on_the_polynomial_net(tmp_path):
     out = run_example("polynomial_convnet_fashion_mnist.py", "--train-size", "2048", "--epochs", "1",
                       "--search-epochs", "1", "--lrs", "0.002", "--glramsgd-lrs", "0.01", "--sgd-lrs", "0.01",
