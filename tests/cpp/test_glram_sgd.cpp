@@ -117,6 +117,17 @@ TEST(GLRAMSGD, StateRoundTripContinuesIdentically) {
 
 // The solver and the projection are saved by name (as Python's state dicts hold them) and come
 // back as the enumerators; a name no version wrote is a ValueError.
+// The options an archive of the first release held: lr, momentum, weight_decay, tol, max_iter.
+torch::serialize::OutputArchive first_release_options(double lr, double momentum) {
+  torch::serialize::OutputArchive archive;
+  archive.write("lr", c10::IValue(lr));
+  archive.write("momentum", c10::IValue(momentum));
+  archive.write("weight_decay", c10::IValue(0.0));
+  archive.write("tol", c10::IValue(1e-6));
+  archive.write("max_iter", c10::IValue(int64_t{3}));
+  return archive;
+}
+
 TEST(GLRAMSGD, SolverAndProjectionAreSavedByName) {
   using quadnet::linalg::GLRAMSolver;
   using quadnet::optim::GLRAMSGDProjection;
@@ -128,10 +139,7 @@ TEST(GLRAMSGD, SolverAndProjectionAreSavedByName) {
   auto saved = GLRAMSGDOptions(0.1).solver(GLRAMSolver::exact).projection(GLRAMSGDProjection::full);
   torch::serialize::OutputArchive out;
   saved.serialize(out);
-  std::stringstream stream;
-  out.save_to(stream);
-  torch::serialize::InputArchive in;
-  in.load_from(stream);
+  auto in = quadnet::testing::reloaded(out);
   c10::IValue name;
   ASSERT_TRUE(in.try_read("projection", name));
   EXPECT_EQ(name.toStringRef(), "full");
@@ -142,16 +150,8 @@ TEST(GLRAMSGD, SolverAndProjectionAreSavedByName) {
 
   // An archive of the first release (lr, momentum, weight_decay, tol, max_iter only) loads with the
   // later options' defaults.
-  torch::serialize::OutputArchive first;
-  first.write("lr", c10::IValue(0.2));
-  first.write("momentum", c10::IValue(0.5));
-  first.write("weight_decay", c10::IValue(0.0));
-  first.write("tol", c10::IValue(1e-6));
-  first.write("max_iter", c10::IValue(int64_t{3}));
-  std::stringstream first_stream;
-  first.save_to(first_stream);
-  torch::serialize::InputArchive first_in;
-  first_in.load_from(first_stream);
+  auto first = first_release_options(0.2, 0.5);
+  auto first_in = quadnet::testing::reloaded(first);
   GLRAMSGDOptions old(0.5);
   old.solver(GLRAMSolver::exact).projection(GLRAMSGDProjection::full).dampening(0.3).nesterov(true).maximize(true);
   old.serialize(first_in);
@@ -163,17 +163,9 @@ TEST(GLRAMSGD, SolverAndProjectionAreSavedByName) {
   EXPECT_FALSE(old.nesterov());
   EXPECT_FALSE(old.maximize());
 
-  torch::serialize::OutputArchive bad;
-  bad.write("lr", c10::IValue(0.1));
-  bad.write("momentum", c10::IValue(0.0));
-  bad.write("weight_decay", c10::IValue(0.0));
-  bad.write("tol", c10::IValue(1e-6));
-  bad.write("max_iter", c10::IValue(int64_t{3}));
+  auto bad = first_release_options(0.1, 0.0);
   bad.write("solver", c10::IValue(std::string("lanczos")));
-  std::stringstream bad_stream;
-  bad.save_to(bad_stream);
-  torch::serialize::InputArchive bad_in;
-  bad_in.load_from(bad_stream);
+  auto bad_in = quadnet::testing::reloaded(bad);
   EXPECT_THROW(restored.serialize(bad_in), c10::ValueError);
 }
 

@@ -3,6 +3,8 @@
 
 #include <quadnet/quadnet.h>
 
+#include "testing.h"
+
 #include <sstream>
 #include <string>
 #include <vector>
@@ -167,10 +169,7 @@ TEST(EndToEndSGD, ParamGroupsSaveAndLoad) {
   torch::serialize::OutputArchive first_release;
   first_release.write("lr", c10::IValue(0.2));
   first_release.write("depth", c10::IValue(int64_t{2}));
-  std::stringstream first_stream;
-  first_release.save_to(first_stream);
-  torch::serialize::InputArchive first_in;
-  first_in.load_from(first_stream);
+  auto first_in = quadnet::testing::reloaded(first_release);
   quadnet::optim::EndToEndSGDOptions old(0.5, 3);
   old.maximize(true);
   old.serialize(first_in);
