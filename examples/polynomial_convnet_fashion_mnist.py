@@ -180,16 +180,20 @@ def run_name(model, optimizer):
     return model if optimizer == "adam" else f"{model}, {OPTIMIZER_LABELS[optimizer]}"
 
 
+def over_seeds(seeds):
+    """A run's final test accuracy over its seeds: "mean ± standard deviation", or the one value."""
+    return f"{seeds['mean']:.4f}" + (f" ± {seeds['std']:.4f}" if len(seeds["final_test_accuracy"]) > 1 else "")
+
+
 def verdicts(runs, epochs):
     """Sentences that follow from the final test accuracies and times of ``runs``."""
     out = []
     if "polynomial" in runs and "ReLU CNN" in runs:
         p, r = runs["polynomial"], runs["ReLU CNN"]
-        (pm, ps), (rm, rs) = (p["seeds"][k] for k in ("mean", "std")), (r["seeds"][k] for k in ("mean", "std"))
+        pm, rm = p["seeds"]["mean"], r["seeds"]["mean"]
         n = len(p["seeds"]["final_test_accuracy"])
-        spread = f" ± {ps:.4f}" if n > 1 else ""
-        out.append(f"polynomial convnet {pm:.4f}{spread} vs ReLU CNN {rm:.4f}" + (f" ± {rs:.4f}" if n > 1 else "")
-                   + f" ({pm - rm:+.4f}; {n} seed{'s' if n > 1 else ''}) after {epochs} epochs; goal (>= "
+        out.append(f"polynomial convnet {over_seeds(p['seeds'])} vs ReLU CNN {over_seeds(r['seeds'])}"
+                   f" ({pm - rm:+.4f}; {n} seed{'s' if n > 1 else ''}) after {epochs} epochs; goal (>= "
                    f"{TARGET_ACCURACY} and >= the ReLU CNN in under 600 s of training): "
                    + ("met" if pm >= TARGET_ACCURACY and pm >= rm and p["train_seconds"] < 600 else "not met")
                    + f" ({p['train_seconds']:.0f} s); per step {p['seconds_per_step'] * 1e3:.0f} ms vs "
@@ -274,11 +278,11 @@ def main():
         lr = max(search, key=search.get) if search else search_lrs[optimizer][0]
         print(f"{name}: validation accuracy after {args.search_epochs} epochs "
               + ", ".join(f"lr {k:g} {v:.4f}" for k, v in search.items()) + f" -> lr {lr:g}")
-        model, h = train(make, lr, args.epochs, (xtr, ytr), args.batch, name, (xte, yte), optimizer, args.shift,
-                         args.label_smoothing)
-        finals = [h["accuracy"][-1]] + [  # further seeds: the same lr and recipe, another init, order and shifts
-            train(make, lr, args.epochs, (xtr, ytr), args.batch, f"{name} seed {seed}", (xte, yte), optimizer,
-                  args.shift, args.label_smoothing, seed)[1]["accuracy"][-1] for seed in range(1, args.seeds)]
+        # every seed: the same lr and recipe, its own init, batch order and shifts; seed 0's run is the one kept
+        trained = [train(make, lr, args.epochs, (xtr, ytr), args.batch, f"{name} seed {seed}" if seed else name,
+                         (xte, yte), optimizer, args.shift, args.label_smoothing, seed) for seed in range(args.seeds)]
+        model, h = trained[0]
+        finals = [history["accuracy"][-1] for _, history in trained]
         reached = [t for t, a in zip(h["seconds"], h["accuracy"]) if a >= TARGET_ACCURACY]
         runs[name] = {"model": model_name, "optimizer": OPTIMIZER_LABELS[optimizer], "lr": lr,
                       "search_validation_accuracy": {str(k): v for k, v in search.items()},
@@ -309,11 +313,9 @@ def main():
     for name, run in runs.items():
         to_target = (f"{TARGET_ACCURACY} after {run['seconds_to_target']:.0f}s" if run["seconds_to_target"] is not None
                      else f"never {TARGET_ACCURACY}")
-        seeds = run["seeds"]
-        over_seeds = (f" (seeds: {seeds['mean']:.4f} ± {seeds['std']:.4f})" if len(seeds["final_test_accuracy"]) > 1
-                      else "")
+        seeds = f" (seeds: {over_seeds(run['seeds'])})" if len(run["seeds"]["final_test_accuracy"]) > 1 else ""
         print(f"  {name:22s} {run['parameters']} params  lr {run['lr']:g}  acc {run['final_test_accuracy']:.4f}"
-              f"{over_seeds}  {run['train_seconds']:.0f}s ({run['seconds_per_step'] * 1e3:.0f} ms/step; {to_target})")
+              f"{seeds}  {run['train_seconds']:.0f}s ({run['seconds_per_step'] * 1e3:.0f} ms/step; {to_target})")
     print(f"verdict: {verdict}")
     print(f"saved {args.out}/results.json and {args.out}/curves.png; total {time.time() - start:.0f}s")
 
