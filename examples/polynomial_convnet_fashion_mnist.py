@@ -5,10 +5,11 @@
 
 Models, both fed standardised 28×28 pixels:
 
-- polynomial: PolynomialConvBlock(1→32, 3×3, rank 8, batch norm, 2×2 average pooling) →
-  PolynomialConvBlock(32→64, 3×3, rank 16, same) → Linear(64·7·7 → 10). Each block is a quadratic
-  convolution plus a 1×1 linear skip, so the logits are a polynomial of degree 4 in the pixels
-  (batch norm and average pooling are affine maps at test time);
+- polynomial: PolynomialConvBlock(1→32, 3×3, rank 8, rank norm, batch norm, 2×2 average pooling)
+  → PolynomialConvBlock(32→64, 3×3, rank 16, same) → Linear(64·7·7 → 10). Each block is a
+  quadratic convolution (its rank filter outputs batch-normalised before the forms: rank_norm)
+  plus a 1×1 linear skip, so the logits are a polynomial of degree 4 in the pixels (batch norms
+  and average pooling are affine maps at test time);
 - ReLU CNN: Conv(1→32, 3×3) → BN → ReLU → max-pool → Conv(32→c, 3×3) → BN → ReLU → max-pool →
   Linear, with c chosen so that both have the same number of trainable parameters (printed).
 
@@ -18,13 +19,15 @@ from --lrs by accuracy on a 5,000-image validation split after --search-epochs e
 same batches for both). ``--optimizers adam glramsgd sgd`` also trains the polynomial net with
 quadnet's GLRAMSGD (tangent step, momentum 0.9; its quadratic convolutions projected in their
 patch space) and with SGD of the same momentum, each with its own lr search (--glramsgd-lrs,
---sgd-lrs) and the same one-cycle schedule; ``--models polynomial`` skips the ReLU CNN. A single
-lr given for an optimizer is used without a search. Training recipe, the same for every run:
+--sgd-lrs) and the same one-cycle schedule; ``--models polynomial`` skips the ReLU CNN;
+GLRAMSGD needs ``--no-rank-norm`` (it refuses rank-normed blocks, which have no canonical
+space). A single lr given for an optimizer is used without a search. Training recipe, the same for every run:
 ``--shift k`` translates each training image by up to k pixels (random-shift augmentation),
 ``--label-smoothing`` smooths the cross-entropy. ``--seeds N`` repeats each final run with N seeds
 (init, batch order, shifts; the lr searched with seed 0) and reports mean ± standard deviation;
 ``--ablation`` first trains each model with each recipe of ABLATION (plain, random shift, label
-smoothing, both; Adam at --ablation-lr, seed 0) and prints the table of their effects. The goal
+smoothing, both; Adam at --ablation-lr, seed 0), and the polynomial net without its rank norms
+(ARCHITECTURE_ABLATION, plain recipe), and prints the table of their effects. The goal
 the verdict checks: the polynomial net at least TARGET_ACCURACY and at least the ReLU CNN's
 accuracy, in under 600 s of training.
 
@@ -59,12 +62,14 @@ ABLATION = {"plain": {"shift": 0, "label_smoothing": 0.0},
             "random shift (2 px)": {"shift": 2, "label_smoothing": 0.0},
             "label smoothing 0.1": {"shift": 0, "label_smoothing": 0.1},
             "shift + smoothing": {"shift": 2, "label_smoothing": 0.1}}
+# --ablation: the polynomial net's architecture ingredients, each left out (plain recipe, same lr)
+ARCHITECTURE_ABLATION = {"without rank_norm": {"rank_norm": False}}
 
 
-def polynomial_net():
+def polynomial_net(rank_norm=True):
     return torch.nn.Sequential(
-        quadnet.nn.PolynomialConvBlock(1, 32, 3, rank=8, padding=1, norm=True, pool=2),
-        quadnet.nn.PolynomialConvBlock(32, 64, 3, rank=16, padding=1, norm=True, pool=2),
+        quadnet.nn.PolynomialConvBlock(1, 32, 3, rank=8, padding=1, norm=True, pool=2, rank_norm=rank_norm),
+        quadnet.nn.PolynomialConvBlock(32, 64, 3, rank=16, padding=1, norm=True, pool=2, rank_norm=rank_norm),
         torch.nn.Flatten(), torch.nn.Linear(64 * 7 * 7, 10))
 
 
@@ -212,16 +217,22 @@ def verdicts(runs, epochs):
     return out
 
 
-def run_ablation(args, makers, data, test):
-    """Each recipe of ABLATION on each model of --models (Adam at --ablation-lr, one-cycle, seed 0):
-    {recipe: {model: final test accuracy}}, printed as a table of effects against "plain"."""
-    table = {recipe: {model: train(makers[model], args.ablation_lr, args.epochs, data, args.batch,
-                                   f"{model}, {recipe} (ablation)", test, "adam", **options)[1]["accuracy"][-1]
-                      for model in args.models}
+def run_ablation(args, makers, data, test, pixels):
+    """Each recipe of ABLATION on each model of --models, and each ARCHITECTURE_ABLATION variant of
+    the polynomial net with the plain recipe (Adam at --ablation-lr, one-cycle, seed 0):
+    {row: {model: final test accuracy}}, printed as a table of effects against "plain"."""
+    def final(make, label, **options):
+        return train(make, args.ablation_lr, args.epochs, data, args.batch, f"{label} (ablation)", test, "adam",
+                     **options)[1]["accuracy"][-1]
+    table = {recipe: {model: final(makers[model], f"{model}, {recipe}", **options) for model in args.models}
              for recipe, options in ABLATION.items()}
+    if "polynomial" in args.models and not args.no_rank_norm:
+        for variant, options in ARCHITECTURE_ABLATION.items():
+            make = (lambda options: lambda: torch.nn.Sequential(pixels, polynomial_net(**options)))(options)
+            table[f"polynomial {variant}"] = {"polynomial": final(make, f"polynomial {variant}")}
     print(f"\nablation (Adam lr {args.ablation_lr:g}, {args.epochs} epochs, 1 seed; test accuracy, change from plain):")
     for recipe, row in table.items():
-        print(f"  {recipe:22s} " + "  ".join(f"{model} {acc:.4f} ({acc - table['plain'][model]:+.4f})"
+        print(f"  {recipe:30s} " + "  ".join(f"{model} {acc:.4f} ({acc - table['plain'][model]:+.4f})"
                                             for model, acc in row.items()))
     return table
 
@@ -244,6 +255,8 @@ def main():
     parser.add_argument("--ablation", action="store_true",
                         help="first train each model with each recipe of ABLATION (Adam, --ablation-lr, seed 0)")
     parser.add_argument("--ablation-lr", type=float, default=3e-3)
+    parser.add_argument("--no-rank-norm", action="store_true",
+                        help="the polynomial net without rank norms (the one GLRAMSGD can train)")
     parser.add_argument("--train-size", type=int, default=55000, help="training images (the first N of the split)")
     parser.add_argument("--no-export", action="store_true", help="skip the AOTInductor export and the C++ check")
     parser.add_argument("--out", default="results/polynomial_convnet_fmnist")
@@ -254,9 +267,13 @@ def main():
     xtr, ytr, xval, yval = x[:-5000][:args.train_size], y[:-5000][:args.train_size], x[-5000:], y[-5000:]
     pixels = Pixels(float(xtr.mean()), float(xtr.std()))
     torch.manual_seed(0)
-    poly_params = trainable(polynomial_net())
+    rank_norm = not args.no_rank_norm
+    if rank_norm and "glramsgd" in args.optimizers:
+        parser.error("--optimizers glramsgd needs --no-rank-norm: GLRAMSGD refuses rank-normed blocks (their forms "
+                     "act on batch-normalised filter outputs, so there are no canonical matrices to project)")
+    poly_params = trainable(polynomial_net(rank_norm))
     channels = matching_relu_channels(poly_params)
-    makers = {"polynomial": lambda: torch.nn.Sequential(pixels, polynomial_net()),
+    makers = {"polynomial": lambda: torch.nn.Sequential(pixels, polynomial_net(rank_norm)),
               "ReLU CNN": lambda: torch.nn.Sequential(pixels, relu_net(channels))}
     search_lrs = {"adam": args.lrs, "glramsgd": args.glramsgd_lrs, "sgd": args.sgd_lrs}
     # (run name, model, optimizer): the polynomial net with each optimizer asked for, the ReLU CNN with Adam.
@@ -266,7 +283,7 @@ def main():
           f"{torch.get_num_threads()} thread(s); polynomial net {poly_params} parameters, ReLU CNN "
           f"(second conv {channels} channels) {trainable(relu_net(channels))}; runs: "
           + ", ".join(name for name, _, _ in plan))
-    ablation = run_ablation(args, makers, (xtr, ytr), (xte, yte)) if args.ablation else None
+    ablation = run_ablation(args, makers, (xtr, ytr), (xte, yte), pixels) if args.ablation else None
     runs, models = {}, {}
     for name, model_name, optimizer in plan:
         make = makers[model_name]
@@ -304,7 +321,8 @@ def main():
     plot(runs, os.path.join(args.out, "curves.png"))
     verdict = "; ".join(verdicts(runs, args.epochs))
     summary = {"epochs": args.epochs, "search_epochs": args.search_epochs, "lrs": search_lrs, "batch": args.batch,
-               "shift": args.shift, "label_smoothing": args.label_smoothing, "train_size": len(xtr), "runs": runs,
+               "shift": args.shift, "label_smoothing": args.label_smoothing, "rank_norm": rank_norm,
+               "train_size": len(xtr), "runs": runs,
                "seeds": args.seeds, "ablation": ablation, "cpp_check": cpp, "verdict": verdict,
                "total_seconds": time.time() - start}
     with open(os.path.join(args.out, "results.json"), "w") as f:

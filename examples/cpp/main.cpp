@@ -13,7 +13,8 @@
 //       Builds a torch::nn::Sequential of quadnet C++ modules from SPEC, e.g.
 //       "quadratic:8:6:3,diagonal:6:4:2,polynomial:4:4:2,overparam:4:2:3" (kind:in:out:rank,
 //       or kind:in:out:depth for overparam; all with bias; quadconv and polyconv are a
-//       QuadraticConv2d / PolynomialConvBlock with in/out channels, 3×3 filters and padding 1),
+//       QuadraticConv2d / PolynomialConvBlock with in/out channels, 3×3 filters and padding 1;
+//       polyconv-rank-norm the latter with rank_norm),
 //       loads weights saved in Python by quadnet.save_state_dict(model, path) and runs it.
 //   quadnet_app classify MODEL IMAGES.gz LABELS.gz PREDICTIONS.pt
 //       Loads a classifier taking (N, 784) pixels in [0, 1] — an AOTInductor package if MODEL
@@ -104,6 +105,9 @@ torch::nn::Sequential build_from_spec(const std::string& spec) {
     } else if (f[0] == "polyconv") {
       model->push_back(
           quadnet::nn::PolynomialConvBlock(quadnet::nn::PolynomialConvBlockOptions(in, out, 3, rank).padding(1)));
+    } else if (f[0] == "polyconv-rank-norm") {
+      model->push_back(quadnet::nn::PolynomialConvBlock(
+          quadnet::nn::PolynomialConvBlockOptions(in, out, 3, rank).padding(1).rank_norm(true)));
     } else if (f[0] == "overparam") {
       model->push_back(quadnet::nn::OverparamLinear(in, out, /*depth=*/rank));
     } else {

@@ -115,10 +115,66 @@ TEST(PolynomialConvBlock, NamesShapesAndForward) {
   EXPECT_EQ(block->num_parameters(), block->quadratic->num_parameters() + 18);
 }
 
+// rank_norm: the forms act on the batch-normalised filter outputs; the reference normalises the
+// unfolded patches' projections by hand (batch statistics, then the running ones in eval mode).
+TEST(PolynomialConvBlock, RankNormMatchesTheFormulaInBothModes) {
+  torch::manual_seed(6);
+  PolynomialConvBlock block(PolynomialConvBlockOptions(3, 5, 3, 4).padding(1).rank_norm(true));
+  block->to(torch::kDouble);
+  std::vector<std::string> names;
+  for (const auto& item : block->named_parameters()) names.push_back(item.key());
+  EXPECT_EQ(names, (std::vector<std::string>{"quadratic.weight", "quadratic.S", "quadratic.bias", "rank_norm.weight",
+                                             "rank_norm.bias", "skip.weight"}));
+  {
+    torch::NoGradGuard no_grad;  // not the init, so a scale or shift left out shows
+    block->rank_norm->weight.uniform_(0.5, 1.5);
+    block->rank_norm->bias.uniform_(-0.5, 0.5);
+  }
+  auto reference = [&](const torch::Tensor& x, const torch::Tensor& mean, const torch::Tensor& var) {
+    namespace F = torch::nn::functional;
+    auto patches = F::unfold(x, F::UnfoldFuncOptions({3, 3}).padding(1));
+    auto h = torch::matmul(block->quadratic->weight.flatten(1), patches).view({x.size(0), 4, x.size(2), x.size(3)});
+    h = (h - mean.view({-1, 1, 1})) / (var.view({-1, 1, 1}) + 1e-5).sqrt() * block->rank_norm->weight.view({-1, 1, 1}) +
+        block->rank_norm->bias.view({-1, 1, 1});
+    const auto& S = block->quadratic->S;
+    return torch::einsum("nahw,oab,nbhw->nohw", {h, (S + S.transpose(1, 2)) / 2, h}) +
+           block->quadratic->bias.view({-1, 1, 1}) + torch::conv2d(x, block->skip->weight);
+  };
+  auto x = torch::randn({6, 3, 7, 8}, torch::kDouble);
+  {
+    namespace F = torch::nn::functional;
+    auto patches = F::unfold(x, F::UnfoldFuncOptions({3, 3}).padding(1));
+    auto h = torch::matmul(block->quadratic->weight.flatten(1), patches).view({6, 4, 7, 8}).detach();
+    auto y = block->forward(x);
+    EXPECT_TRUE(
+        torch::allclose(y, reference(x, h.mean({0, 2, 3}), h.var({0, 2, 3}, /*unbiased=*/false)), 1e-10, 1e-12));
+  }
+  block->eval();
+  x = torch::randn({2, 3, 7, 8}, torch::kDouble);
+  EXPECT_TRUE(torch::allclose(
+      block->forward(x), reference(x, block->rank_norm->running_mean, block->rank_norm->running_var), 1e-10, 1e-12));
+  EXPECT_FALSE(torch::allclose(block->rank_norm->running_mean, torch::zeros({4}, torch::kDouble)));
+  EXPECT_EQ(block->num_parameters(), block->quadratic->num_parameters() + 15 + 8);
+}
+
+TEST(PolynomialConvBlock, GLRAMSGDRefusesARankNormedBlock) {
+  torch::nn::Sequential model(PolynomialConvBlock(PolynomialConvBlockOptions(1, 2, 3, 2).padding(1).rank_norm(true)));
+  auto weight = model[0]->as<PolynomialConvBlock>()->quadratic->weight.detach().clone();
+  EXPECT_NE(error_of([&] {
+              quadnet::optim::GLRAMSGD(*model, quadnet::optim::GLRAMSGDOptions(0.1));
+            }).find("belongs to a PolynomialConvBlock with rank_norm=true"),
+            std::string::npos);
+  EXPECT_TRUE(torch::equal(model[0]->as<PolynomialConvBlock>()->quadratic->weight, weight));
+  // without the norm, the same block is projected
+  PolynomialConvBlock plain(PolynomialConvBlockOptions(1, 2, 3, 2).padding(1));
+  quadnet::optim::GLRAMSGD opt(*plain, quadnet::optim::GLRAMSGDOptions(0.1));
+}
+
 TEST(PolynomialConvBlock, StateDictRoundTrip) {
   torch::manual_seed(5);
   auto make = [] {
     return torch::nn::Sequential(PolynomialConvBlock(PolynomialConvBlockOptions(1, 4, 3, 2).padding(1).norm(true)),
+                                 PolynomialConvBlock(PolynomialConvBlockOptions(4, 4, 3, 2).padding(1).rank_norm(true)),
                                  QuadraticConv2d(QuadraticConv2dOptions(4, 2, 3, 2)));
   };
   auto a = make(), b = make();

@@ -69,12 +69,16 @@ def test_polynomial_and_overparam_state_dicts_load_into_cpp_modules(quadnet_app,
 
 def test_convolutional_state_dicts_load_into_cpp_modules(quadnet_app, tmp_path):
     model = torch.nn.Sequential(quadnet.nn.PolynomialConvBlock(2, 4, 3, rank=3, padding=1),
-                                quadnet.nn.QuadraticConv2d(4, 3, 3, rank=2, padding=1))
+                                quadnet.nn.PolynomialConvBlock(4, 5, 3, rank=3, padding=1, rank_norm=True),
+                                quadnet.nn.QuadraticConv2d(5, 3, 3, rank=2, padding=1))
+    with torch.no_grad():
+        model[1].rank_norm.weight.uniform_(0.5, 1.5)  # not the init: the C++ block must load and use them
+        model[1].rank_norm.bias.uniform_(-0.5, 0.5)
     x = torch.randn(3, 2, 7, 6)
     quadnet.save_state_dict(model, tmp_path / "weights.pt")
     torch.save(x, tmp_path / "x.pt")
-    run_app(quadnet_app, "state-dict", "polyconv:2:4:3,quadconv:4:3:2", tmp_path / "weights.pt", tmp_path / "x.pt",
-            tmp_path / "y.pt")
+    spec = "polyconv:2:4:3,polyconv-rank-norm:4:5:3,quadconv:5:3:2"
+    run_app(quadnet_app, "state-dict", spec, tmp_path / "weights.pt", tmp_path / "x.pt", tmp_path / "y.pt")
     with torch.no_grad():
         torch.testing.assert_close(torch.load(tmp_path / "y.pt"), model(x), rtol=1e-6, atol=1e-6)
 

@@ -77,9 +77,11 @@ def test_polynomial_convnet_example_ablates_the_recipe_and_repeats_seeds(tmp_pat
                       "--seeds", "2", "--ablation", "--no-export", "--out", str(tmp_path))
     results = json.load(open(tmp_path / "results.json"))
     ablation = results["ablation"]
-    assert list(ablation) == ["plain", "random shift (2 px)", "label smoothing 0.1", "shift + smoothing"]
+    assert list(ablation) == ["plain", "random shift (2 px)", "label smoothing 0.1", "shift + smoothing",
+                              "polynomial without rank_norm"]
+    assert list(ablation["polynomial without rank_norm"]) == ["polynomial"]  # an architecture row: that net only
     for model in ("polynomial", "ReLU CNN"):
-        finals = [row[model] for row in ablation.values()]
+        finals = [row[model] for row in ablation.values() if model in row]
         assert all(0 < acc <= 1 for acc in finals) and len(set(finals)) > 1, model  # each recipe trains differently
     assert "ablation (Adam lr 0.003" in out
     for name, run in results["runs"].items():
@@ -93,8 +95,8 @@ def test_polynomial_convnet_example_ablates_the_recipe_and_repeats_seeds(tmp_pat
 def test_polynomial_convnet_example_compares_optimizers_on_the_polynomial_net(tmp_path):
     out = run_example("polynomial_convnet_fashion_mnist.py", "--train-size", "2048", "--epochs", "1",
                       "--search-epochs", "1", "--lrs", "0.002", "--glramsgd-lrs", "0.01", "--sgd-lrs", "0.01",
-                      "--optimizers", "adam", "glramsgd", "sgd", "--models", "polynomial", "--no-export",
-                      "--out", str(tmp_path))
+                      "--optimizers", "adam", "glramsgd", "sgd", "--models", "polynomial", "--no-rank-norm",
+                      "--no-export", "--out", str(tmp_path))
     runs = json.load(open(tmp_path / "results.json"))["runs"]
     assert set(runs) == {"polynomial", "polynomial, GLRAMSGD", "polynomial, SGD"}
     assert [runs[k]["optimizer"] for k in sorted(runs)] == ["Adam", "GLRAMSGD", "SGD"]

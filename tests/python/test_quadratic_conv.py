@@ -267,11 +267,82 @@ def test_polynomial_conv_block():
         PolynomialConvBlock(3, 6, 3, rank=4, padding=1, pool=0)
 
 
-def test_polynomial_convnet_is_a_polynomial_of_degree_four():
+def rank_normed_block_reference(block, x):
+    """A PolynomialConvBlock(rank_norm=True) by the formula, without the op or nn.BatchNorm2d: the
+    filter outputs h = W ⋆ x (unfolded patches), normalised per rank channel (batch statistics in
+    training mode, running ones in eval mode) and scaled and shifted, then ĥ^T sym(S_i) ĥ + b_i,
+    plus the 1×1 skip; the output norm and pooling of the block as they are."""
+    q, bn = block.quadratic, block.rank_norm
+    N, _, H, W = x.shape
+    patches = F.unfold(x, q.kernel_size, padding=q.padding)  # (N, C·kh·kw, H·W) with padding keeping H, W
+    h = (q.weight.flatten(1) @ patches).view(N, q.rank, H, W)
+    if block.training:  # batch statistics; the running ones move by momentum (unbiased variance)
+        mean, var = h.mean((0, 2, 3)), h.var((0, 2, 3), unbiased=False)
+        with torch.no_grad():
+            bn.running_mean.lerp_(mean, bn.momentum)
+            bn.running_var.lerp_(h.var((0, 2, 3)), bn.momentum)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    h = (h - mean.view(-1, 1, 1)) / (var.view(-1, 1, 1) + bn.eps).sqrt() * bn.weight.view(-1, 1, 1) \
+        + bn.bias.view(-1, 1, 1)
+    S = (q.S + q.S.transpose(1, 2)) / 2
+    y = torch.einsum("nahw,oab,nbhw->nohw", h, S, h) + q.bias.view(-1, 1, 1) + F.conv2d(x, block.skip.weight)
+    return block.pool(block.norm(y)) if block.norm is not None else y
+
+
+def test_rank_normed_block_matches_the_formula_in_both_modes():
+    torch.manual_seed(0)
+    block = PolynomialConvBlock(3, 5, 3, rank=4, padding=1, norm=True, pool=2, rank_norm=True, **F64)
+    assert isinstance(block.rank_norm, torch.nn.BatchNorm2d) and block.rank_norm.num_features == 4
+    assert block.rank_norm.affine and "rank_norm=True" in repr(block)
+    with torch.no_grad():  # not the init, so a scale or shift left out shows
+        block.rank_norm.weight.uniform_(0.5, 1.5)
+        block.rank_norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(6, 3, 8, 8, **F64)
+    reference = copy.deepcopy(block)  # its output norm updates its own running statistics
+    torch.testing.assert_close(block(x), rank_normed_block_reference(reference, x))
+    torch.testing.assert_close(block.rank_norm.running_mean, reference.rank_norm.running_mean)
+    torch.testing.assert_close(block.rank_norm.running_var, reference.rank_norm.running_var)
+    block.eval(), reference.eval()
+    x = torch.randn(2, 3, 8, 8, **F64)
+    torch.testing.assert_close(block(x), rank_normed_block_reference(reference, x))
+    # the norm's scale and shift are parameters of the block (4 + 4), on top of the layer and skip
+    assert block.num_parameters() == block.quadratic.num_parameters() + 15 + 8
+
+
+def test_rank_normed_block_gradcheck():
+    torch.manual_seed(0)
+    block = PolynomialConvBlock(2, 3, 3, rank=3, padding=1, rank_norm=True, **F64)
+    x = torch.randn(3, 2, 5, 5, **F64, requires_grad=True)
+    params = [block.quadratic.weight, block.quadratic.S, block.quadratic.bias, block.rank_norm.weight,
+              block.rank_norm.bias, block.skip.weight]
+
+    def f(x, *values):  # the block as a function of its input and parameters (batch statistics)
+        return torch.func.functional_call(block, dict(zip(PARAM_NAMES, values)), (x,))
+    PARAM_NAMES = ["quadratic.weight", "quadratic.S", "quadratic.bias", "rank_norm.weight", "rank_norm.bias",
+                   "skip.weight"]
+    inputs = (x, *(p.detach().clone().requires_grad_() for p in params))
+    assert torch.autograd.gradcheck(f, inputs)
+    assert torch.autograd.gradgradcheck(f, inputs)
+
+
+def test_rank_norm_reset_parameters_restores_the_norm():
+    block = PolynomialConvBlock(2, 3, 3, rank=3, padding=1, rank_norm=True)
+    with torch.no_grad():
+        block.rank_norm.weight.fill_(3.0)
+        block.rank_norm.bias.fill_(1.0)
+    block(torch.randn(4, 2, 5, 5))
+    block.reset_parameters()
+    assert torch.equal(block.rank_norm.weight, torch.ones(3)) and torch.equal(block.rank_norm.bias, torch.zeros(3))
+    assert torch.equal(block.rank_norm.running_mean, torch.zeros(3))
+
+
+@pytest.mark.parametrize("rank_norm", [False, True])
+def test_polynomial_convnet_is_a_polynomial_of_degree_four(rank_norm):
     """Two blocks in eval mode: along a line x0 + t·v the output is a polynomial of degree 4 in t,
     so its fifth finite difference vanishes (and the fourth does not)."""
-    net = torch.nn.Sequential(PolynomialConvBlock(1, 3, 3, rank=2, padding=1, norm=True, pool=2),
-                              PolynomialConvBlock(3, 2, 3, rank=2, padding=1, norm=True),
+    net = torch.nn.Sequential(PolynomialConvBlock(1, 3, 3, rank=2, padding=1, norm=True, pool=2, rank_norm=rank_norm),
+                              PolynomialConvBlock(3, 2, 3, rank=2, padding=1, norm=True, rank_norm=rank_norm),
                               torch.nn.Flatten(), torch.nn.Linear(2 * 16, 3)).double()
     net.train()
     net(torch.randn(16, 1, 8, 8, **F64))  # running statistics
@@ -290,8 +361,11 @@ def test_polynomial_convnet_is_a_polynomial_of_degree_four():
 def test_sequential_script_compile_and_copies(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Sequential(PolynomialConvBlock(2, 4, 3, rank=3, padding=1, norm=True, pool=2),
+                                PolynomialConvBlock(4, 4, 3, rank=3, padding=1, rank_norm=True),
                                 QuadraticConv2d(4, 3, 3, rank=2), DiagonalQuadraticConv2d(3, 2, 1, rank=2),
-                                torch.nn.Flatten()).double().eval()
+                                torch.nn.Flatten()).double()
+    model(torch.randn(8, 2, 10, 10, **F64))  # running statistics that are not the init's
+    model.eval()
     x = torch.randn(5, 2, 10, 10, **F64)
     expected = model(x)
     scripted = torch.jit.script(model)
@@ -308,6 +382,7 @@ def test_sequential_script_compile_and_copies(tmp_path):
 def test_compile_matches_eager_with_gradients(dynamic):
     torch._dynamo.reset()
     model = torch.nn.Sequential(PolynomialConvBlock(2, 4, 3, rank=3, padding=1, norm=True),
+                                PolynomialConvBlock(4, 4, 3, rank=2, padding=1, norm=True, rank_norm=True),
                                 QuadraticConv2d(4, 3, 3, rank=2, stride=2)).double()
     params = list(model.parameters())
     compiled = torch.compile(model, fullgraph=True, dynamic=dynamic)
@@ -325,11 +400,14 @@ def test_compile_matches_eager_with_gradients(dynamic):
 
 def test_export_keeps_the_op_with_dynamic_batch():
     model = torch.nn.Sequential(PolynomialConvBlock(1, 4, 3, rank=3, padding=1, norm=True, pool=2),
-                                torch.nn.Flatten(), torch.nn.Linear(4 * 16, 3)).eval()
+                                PolynomialConvBlock(4, 4, 3, rank=3, padding=1, norm=True, rank_norm=True),
+                                torch.nn.Flatten(), torch.nn.Linear(4 * 16, 3))
+    model(torch.randn(8, 1, 8, 8))  # running statistics that are not the init's
+    model.eval()
     x = torch.randn(6, 1, 8, 8)
     program = torch.export.export(model, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},))
     targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
-    assert "quadnet.quadratic_conv2d.default" in targets
+    assert "quadnet.quadratic_conv2d.default" in targets and "quadnet.quadratic_features.default" in targets
     with torch.no_grad():
         for rows in (6, 2):
             x = torch.randn(rows, 1, 8, 8)
@@ -353,3 +431,23 @@ def test_glram_sgd_full_projection_refuses_convolutional_layers():
         opt.add_param_group({"params": list(model.parameters())})
     assert len(opt.param_groups) == 1
     torch.testing.assert_close(model[0].weight, weight_before)
+
+
+def test_glram_sgd_refuses_a_rank_normed_block():
+    """A PolynomialConvBlock(rank_norm=True) has no canonical space: an error naming it, never plain
+    SGD in its place; found from a module, from its parameters and from a copy."""
+    model = torch.nn.Sequential(PolynomialConvBlock(1, 2, 3, rank=2, padding=1, rank_norm=True), torch.nn.Flatten())
+    weight_before = model[0].quadratic.weight.detach().clone()
+    message = r"GLRAMSGD: a QuadraticConv2d .* belongs to a PolynomialConvBlock with rank_norm=True"
+    with pytest.raises(ValueError, match=message):
+        quadnet.optim.GLRAMSGD(model, lr=0.1)
+    copied = copy.deepcopy(model)
+    with pytest.raises(ValueError, match=message):
+        quadnet.optim.GLRAMSGD(copied.parameters(), lr=0.1)
+    opt = quadnet.optim.GLRAMSGD([torch.nn.Parameter(torch.zeros(2))], lr=0.1)
+    with pytest.raises(ValueError, match=message):
+        opt.add_param_group({"params": list(model.parameters())})
+    assert len(opt.param_groups) == 1
+    torch.testing.assert_close(model[0].quadratic.weight, weight_before)
+    # without the norm, the same block is projected (the tangent step)
+    quadnet.optim.GLRAMSGD(PolynomialConvBlock(1, 2, 3, rank=2, padding=1), lr=0.1)

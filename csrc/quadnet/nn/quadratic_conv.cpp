@@ -148,6 +148,7 @@ void PolynomialConvBlockImpl::reset() {
                                        .padding(o.padding())
                                        .dilation(o.dilation())
                                        .bias(o.bias())));
+  rank_norm = o.rank_norm() ? register_module("rank_norm", torch::nn::BatchNorm2d(o.rank())) : nullptr;
   skip = o.skip()
              ? register_module(
                    "skip",
@@ -162,6 +163,7 @@ void PolynomialConvBlockImpl::reset() {
 
 void PolynomialConvBlockImpl::reset_parameters() {
   quadratic->reset_parameters();
+  if (rank_norm) rank_norm->reset_parameters();
   if (skip) skip->reset_parameters();
   if (norm) norm->reset_running_stats();
 }
@@ -171,11 +173,19 @@ void PolynomialConvBlockImpl::pretty_print(std::ostream& stream) const {
   stream << "quadnet::nn::PolynomialConvBlock(" << o.in_channels() << ", " << o.out_channels()
          << ", kernel_size=" << o.kernel_size() << ", rank=" << o.rank() << ", stride=" << o.stride()
          << ", padding=" << o.padding() << ", dilation=" << o.dilation() << ", skip=" << (o.skip() ? "true" : "false")
-         << ", norm=" << (o.norm() ? "true" : "false") << ", pool=" << o.pool() << ")";
+         << ", norm=" << (o.norm() ? "true" : "false") << ", pool=" << o.pool()
+         << ", rank_norm=" << (o.rank_norm() ? "true" : "false") << ")";
 }
 
 torch::Tensor PolynomialConvBlockImpl::forward(const torch::Tensor& x) {
-  auto y = quadratic->forward(x);
+  torch::Tensor y;
+  if (rank_norm) {
+    const auto& q = quadratic->options;
+    auto h = rank_norm->forward(torch::conv2d(x, quadratic->weight, {}, *q.stride(), *q.padding(), *q.dilation()));
+    y = add_channel_bias(quadratic_features(h.movedim(-3, -1), quadratic->S).movedim(-1, -3), quadratic->bias);
+  } else {
+    y = quadratic->forward(x);
+  }
   if (skip) y = y + skip->forward(x);
   if (norm) y = norm->forward(y);
   if (pool) y = pool->forward(y);

@@ -104,13 +104,18 @@ struct PolynomialConvBlockOptions {
   // Average pooling (window = stride = pool) after the norm; 1: none. Linear, so the block
   // stays a polynomial (max pooling would not).
   TORCH_ARG(int64_t, pool) = 1;
+  // BatchNorm2d(rank) (affine) on the filter outputs h = conv2d(x, W), before the quadratic
+  // forms: the forms then take products of unit-scale factors. Still a quadratic polynomial of
+  // the input in eval mode, but no longer x^T A_i x: GLRAMSGD refuses such a block.
+  TORCH_ARG(bool, rank_norm) = false;
 };
 
 // y = pool(norm(QuadConv(x) + Conv1x1(x))): a QuadraticConv2d ("quadratic") with a bias-free
 // 1×1 convolution skip ("skip", same stride), so L stacked blocks hold every monomial of degree
 // ≤ 2^L of the pixels in their receptive field. The skip needs the quadratic convolution's
 // output size to be the input's (divided by the stride): padding = dilation·(kernel_size − 1)/2.
-// Submodules: quadratic, skip, norm, pool.
+// With rank_norm, the forms act on rank_norm(conv2d(x, quadratic->weight)) (quadratic's S and
+// bias). Submodules: quadratic, rank_norm, skip, norm, pool.
 class PolynomialConvBlockImpl : public torch::nn::Cloneable<PolynomialConvBlockImpl> {
  public:
   PolynomialConvBlockImpl(int64_t in_channels, int64_t out_channels, torch::ExpandingArray<2> kernel_size, int64_t rank)
@@ -127,9 +132,10 @@ class PolynomialConvBlockImpl : public torch::nn::Cloneable<PolynomialConvBlockI
 
   PolynomialConvBlockOptions options;
   QuadraticConv2d quadratic{nullptr};
-  torch::nn::Conv2d skip{nullptr};       // null when options.skip() is false
-  torch::nn::BatchNorm2d norm{nullptr};  // null when options.norm() is false
-  torch::nn::AvgPool2d pool{nullptr};    // null when options.pool() is 1
+  torch::nn::BatchNorm2d rank_norm{nullptr};  // null when options.rank_norm() is false
+  torch::nn::Conv2d skip{nullptr};            // null when options.skip() is false
+  torch::nn::BatchNorm2d norm{nullptr};       // null when options.norm() is false
+  torch::nn::AvgPool2d pool{nullptr};         // null when options.pool() is 1
 };
 TORCH_MODULE(PolynomialConvBlock);
 

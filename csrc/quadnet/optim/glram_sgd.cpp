@@ -418,6 +418,12 @@ GLRAMSGD::GLRAMSGD(torch::nn::Module& model, std::vector<torch::optim::Optimizer
   auto options_of = [this](size_t g) -> const GLRAMSGDOptions& {
     return static_cast<const GLRAMSGDOptions&>(param_groups_[g].options());
   };
+  // The QuadraticConv2d layers whose forms act on batch-normalised filter outputs (refused below).
+  std::unordered_set<const nn::QuadraticConv2dImpl*> rank_normed;
+  for (const auto& module : model.modules(/*include_self=*/true)) {
+    auto block = std::dynamic_pointer_cast<nn::PolynomialConvBlockImpl>(module);
+    if (block && block->rank_norm) rank_normed.insert(block->quadratic.get());
+  }
   for (const auto& module : model.modules(/*include_self=*/true)) {
     torch::Tensor weight, S;
     Layer layer;
@@ -437,6 +443,11 @@ GLRAMSGD::GLRAMSGD(torch::nn::Module& model, std::vector<torch::optim::Optimizer
     TORCH_CHECK(!layer.conv || options_of(w->second).projection() == GLRAMSGDProjection::tangent,
                 "GLRAMSGD: a QuadraticConv2d is in a param group with projection=\"full\", whose full projected step "
                 "is not implemented for convolutions; use projection=\"tangent\" (the default)");
+    TORCH_CHECK_VALUE(!layer.conv || !rank_normed.count(layer.conv.get()),
+                      "GLRAMSGD: a QuadraticConv2d (weight of shape ", weight.sizes(),
+                      ") belongs to a PolynomialConvBlock with rank_norm=true, whose batch norm between "
+                      "the filters W and the forms S leaves no canonical matrices A_i = W^T S_i W to project; train "
+                      "that block with torch::optim::SGD or Adam, or build it with rank_norm=false");
     layers_.push_back(std::move(layer));
   }
   // Capture only once every check passed, and only for the layers whose next step needs a batch.

@@ -2,6 +2,7 @@
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .. import _C
@@ -192,8 +193,17 @@ class PolynomialConvBlock(torch.nn.Module):
     A :class:`QuadraticConv2d` with a bias-free 1×1 convolution skip (same stride), which keeps
     the lower-degree terms: ``L`` stacked blocks are a polynomial of degree ``2^L`` in the pixels,
     with every monomial up to that degree of the pixels in the receptive field. No other
-    nonlinearity: the optional batch norm is an affine map in eval mode, and the optional pooling
+    nonlinearity: the optional batch norms are affine maps in eval mode, and the optional pooling
     is an average (linear; max pooling would not be a polynomial).
+
+    ``rank_norm=True`` batch-normalises the ``rank`` filter outputs ``h = conv2d(x, W)`` before
+    the quadratic forms, ``QuadConv(x)_i = ĥ^T S_i ĥ + b_i`` with ``ĥ = BatchNorm2d(rank)(h)``
+    (affine): every product the forms take is then of unit-scale factors, whatever the filters'
+    size, and the norm's shift gives each form linear terms in ``h``. In eval mode ``ĥ`` is an
+    affine map of ``h``, so the block is still a quadratic polynomial of its input (no longer a
+    homogeneous form ``x^T A_i x``: :class:`~quadnet.optim.GLRAMSGD`, which steps in the space of
+    the ``A_i = W^T S_i W``, refuses such a block). Its effect on the polynomial convnet of
+    ``examples/polynomial_convnet_fashion_mnist.py`` is measured in the README (the ablation).
 
     Args:
         in_channels, out_channels, kernel_size, rank, stride, padding, dilation: as
@@ -203,13 +213,15 @@ class PolynomialConvBlock(torch.nn.Module):
         bias: if ``False``, no additive bias.
         norm: if ``True``, ``BatchNorm2d(out_channels, affine=False)`` on the output.
         pool: average-pooling window and stride after the norm (``1``: none).
+        rank_norm: if ``True``, ``BatchNorm2d(rank)`` on the filter outputs, before the forms.
 
     Shape:
         - Input: ``(N, in_channels, H, W)``.
         - Output: ``(N, out_channels, H'', W'')``: the convolution's size divided by ``pool``.
 
     Attributes:
-        quadratic: the :class:`QuadraticConv2d`.
+        quadratic: the :class:`QuadraticConv2d` (its ``weight``, ``S`` and ``bias`` are the block's).
+        rank_norm: ``nn.BatchNorm2d(rank)`` or ``None``.
         skip: ``nn.Conv2d(in_channels, out_channels, 1, stride, bias=False)`` or ``None``.
         norm: ``nn.BatchNorm2d`` or ``None``.
         pool: ``nn.AvgPool2d(pool)`` or ``None``.
@@ -229,7 +241,7 @@ class PolynomialConvBlock(torch.nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: _Pair, rank: int, stride: _Pair = 1,
                  padding: _Pair = 0, dilation: _Pair = 1, skip: bool = True, bias: bool = True,
-                 norm: bool = False, pool: int = 1, device=None, dtype=None) -> None:
+                 norm: bool = False, pool: int = 1, rank_norm: bool = False, device=None, dtype=None) -> None:
         super().__init__()
         if pool < 1:
             raise ValueError(f"PolynomialConvBlock: pool must be >= 1 (1: no pooling), got {pool}")
@@ -243,6 +255,12 @@ class PolynomialConvBlock(torch.nn.Module):
         self.in_channels, self.out_channels, self.rank = in_channels, out_channels, rank
         self.quadratic = QuadraticConv2d(in_channels, out_channels, kernel_size, rank, stride=stride,
                                          padding=padding, dilation=dilation, bias=bias, **factory)
+        if rank_norm:
+            self.rank_norm = torch.nn.BatchNorm2d(rank, **factory)
+        else:
+            self.register_module("rank_norm", None)
+        # GLRAMSGD reads this to refuse the layer: its forms act on the normalised ĥ, not on W x.
+        self.quadratic._rank_normed = rank_norm
         if skip:
             self.skip = torch.nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False, **factory)
         else:
@@ -257,15 +275,24 @@ class PolynomialConvBlock(torch.nn.Module):
             self.register_module("pool", None)
 
     def reset_parameters(self) -> None:
-        """Re-initialises the quadratic convolution and the skip, and resets the norm's running statistics."""
+        """Re-initialises the quadratic convolution, the rank norm and the skip, and resets the output
+        norm's running statistics."""
         self.quadratic.reset_parameters()
+        if self.rank_norm is not None:
+            self.rank_norm.reset_parameters()
         if self.skip is not None:
             self.skip.reset_parameters()
         if self.norm is not None:
             self.norm.reset_running_stats()
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.quadratic(x)
+        rank_norm = self.rank_norm  # a local, so TorchScript can refine the Optional
+        if rank_norm is not None:
+            q = self.quadratic
+            h = rank_norm(F.conv2d(x, q.weight, None, q.stride, q.padding, q.dilation))
+            y = q._add_bias(torch.ops.quadnet.quadratic_features(h.movedim(-3, -1), q.S).movedim(-1, -3))
+        else:
+            y = self.quadratic(x)
         if self.skip is not None:
             y = y + self.skip(x)
         if self.norm is not None:
@@ -285,4 +312,4 @@ class PolynomialConvBlock(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return (f"skip={self.skip is not None}, norm={self.norm is not None}, "
-                f"pool={self.pool.kernel_size if self.pool is not None else 1}")
+                f"pool={self.pool.kernel_size if self.pool is not None else 1}, rank_norm={self.rank_norm is not None}")

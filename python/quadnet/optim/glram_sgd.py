@@ -130,6 +130,7 @@ class GLRAMSGD(Optimizer):
         found = layers_of((p for g in self.param_groups for p in g["params"]), _DENSE, _CONVS)
         _check_layers_in_groups(found, self.param_groups)
         _refuse_full_convolutions(found, self.param_groups)
+        _refuse_rank_normed(found)
         found_ids = {id(layer) for layer in found}
         for layer in self._layers:  # layers no longer here (their parameters were replaced)
             if id(layer) not in found_ids:
@@ -264,6 +265,18 @@ def _refuse_full_convolutions(layers, groups) -> None:
                 raise ValueError(f"GLRAMSGD: a parameter of shape {tuple(p.shape)} belongs to a QuadraticConv2d, in "
                                  "a param group with projection='full', whose full projected step is not implemented "
                                  "for convolutions; use projection='tangent' (the default)")
+
+
+def _refuse_rank_normed(layers) -> None:
+    """The QuadraticConv2d of a PolynomialConvBlock(rank_norm=True) is refused: its forms act on the
+    batch-normalised filter outputs, so the block is not x -> x^T (W^T S_i W) x and has no
+    canonical space to step in; plain SGD in its place would be a silent substitute."""
+    for layer in layers:
+        if getattr(layer, "_rank_normed", False):
+            raise ValueError(f"GLRAMSGD: a QuadraticConv2d (weight of shape {tuple(layer.weight.shape)}) belongs to a "
+                             "PolynomialConvBlock with rank_norm=True, whose batch norm between the filters W and the "
+                             "forms S leaves no canonical matrices A_i = W^T S_i W to project; train that block with "
+                             "torch.optim.SGD or Adam, or build it with rank_norm=False")
 
 
 def _check_options(group: dict) -> None:
