@@ -228,7 +228,7 @@ def run_ablation(args, makers, data, test, pixels):
              for recipe, options in ABLATION.items()}
     if "polynomial" in args.models and not args.no_rank_norm:
         for variant, options in ARCHITECTURE_ABLATION.items():
-            make = (lambda options: lambda: torch.nn.Sequential(pixels, polynomial_net(**options)))(options)
+            make = lambda options=options: torch.nn.Sequential(pixels, polynomial_net(**options))  # noqa: E731
             table[f"polynomial {variant}"] = {"polynomial": final(make, f"polynomial {variant}")}
     print(f"\nablation (Adam lr {args.ablation_lr:g}, {args.epochs} epochs, 1 seed; test accuracy, change from plain):")
     for recipe, row in table.items():
@@ -261,16 +261,16 @@ def main():
     parser.add_argument("--no-export", action="store_true", help="skip the AOTInductor export and the C++ check")
     parser.add_argument("--out", default="results/polynomial_convnet_fmnist")
     args = parser.parse_args()
+    rank_norm = not args.no_rank_norm
+    if rank_norm and "glramsgd" in args.optimizers:  # before any training: GLRAMSGD would refuse the net
+        parser.error("--optimizers glramsgd needs --no-rank-norm: GLRAMSGD refuses rank-normed blocks (their forms "
+                     "act on batch-normalised filter outputs, so there are no canonical matrices to project)")
     start = time.time()
     x, y = fashion_mnist.load("train")
     xte, yte = fashion_mnist.load("test")
     xtr, ytr, xval, yval = x[:-5000][:args.train_size], y[:-5000][:args.train_size], x[-5000:], y[-5000:]
     pixels = Pixels(float(xtr.mean()), float(xtr.std()))
     torch.manual_seed(0)
-    rank_norm = not args.no_rank_norm
-    if rank_norm and "glramsgd" in args.optimizers:
-        parser.error("--optimizers glramsgd needs --no-rank-norm: GLRAMSGD refuses rank-normed blocks (their forms "
-                     "act on batch-normalised filter outputs, so there are no canonical matrices to project)")
     poly_params = trainable(polynomial_net(rank_norm))
     channels = matching_relu_channels(poly_params)
     makers = {"polynomial": lambda: torch.nn.Sequential(pixels, polynomial_net(rank_norm)),

@@ -115,8 +115,6 @@ TEST(GLRAMSGD, StateRoundTripContinuesIdentically) {
   for (size_t i = 0; i < pa.size(); ++i) EXPECT_TRUE(torch::equal(pa[i], pc[i])) << i;
 }
 
-// The solver and the projection are saved by name (as Python's state dicts hold them) and come
-// back as the enumerators; a name no version wrote is a ValueError.
 // The options an archive of the first release held: lr, momentum, weight_decay, tol, max_iter.
 torch::serialize::OutputArchive first_release_options(double lr, double momentum) {
   torch::serialize::OutputArchive archive;
@@ -128,6 +126,8 @@ torch::serialize::OutputArchive first_release_options(double lr, double momentum
   return archive;
 }
 
+// The solver and the projection are saved by name (as Python's state dicts hold them) and come
+// back as the enumerators; a name no version wrote is a ValueError.
 TEST(GLRAMSGD, SolverAndProjectionAreSavedByName) {
   using quadnet::linalg::GLRAMSolver;
   using quadnet::optim::GLRAMSGDProjection;

@@ -130,25 +130,23 @@ TEST(PolynomialConvBlock, RankNormMatchesTheFormulaInBothModes) {
     block->rank_norm->weight.uniform_(0.5, 1.5);
     block->rank_norm->bias.uniform_(-0.5, 0.5);
   }
-  auto reference = [&](const torch::Tensor& x, const torch::Tensor& mean, const torch::Tensor& var) {
+  auto filter_outputs = [&](const torch::Tensor& x) {  // h = W u for every patch u
     namespace F = torch::nn::functional;
     auto patches = F::unfold(x, F::UnfoldFuncOptions({3, 3}).padding(1));
-    auto h = torch::matmul(block->quadratic->weight.flatten(1), patches).view({x.size(0), 4, x.size(2), x.size(3)});
-    h = (h - mean.view({-1, 1, 1})) / (var.view({-1, 1, 1}) + 1e-5).sqrt() * block->rank_norm->weight.view({-1, 1, 1}) +
-        block->rank_norm->bias.view({-1, 1, 1});
+    return torch::matmul(block->quadratic->weight.flatten(1), patches).view({x.size(0), 4, x.size(2), x.size(3)});
+  };
+  auto reference = [&](const torch::Tensor& x, const torch::Tensor& mean, const torch::Tensor& var) {
+    auto h = (filter_outputs(x) - mean.view({-1, 1, 1})) / (var.view({-1, 1, 1}) + 1e-5).sqrt() *
+                 block->rank_norm->weight.view({-1, 1, 1}) +
+             block->rank_norm->bias.view({-1, 1, 1});
     const auto& S = block->quadratic->S;
     return torch::einsum("nahw,oab,nbhw->nohw", {h, (S + S.transpose(1, 2)) / 2, h}) +
            block->quadratic->bias.view({-1, 1, 1}) + torch::conv2d(x, block->skip->weight);
   };
   auto x = torch::randn({6, 3, 7, 8}, torch::kDouble);
-  {
-    namespace F = torch::nn::functional;
-    auto patches = F::unfold(x, F::UnfoldFuncOptions({3, 3}).padding(1));
-    auto h = torch::matmul(block->quadratic->weight.flatten(1), patches).view({6, 4, 7, 8}).detach();
-    auto y = block->forward(x);
-    EXPECT_TRUE(
-        torch::allclose(y, reference(x, h.mean({0, 2, 3}), h.var({0, 2, 3}, /*unbiased=*/false)), 1e-10, 1e-12));
-  }
+  auto h = filter_outputs(x).detach();
+  EXPECT_TRUE(torch::allclose(block->forward(x), reference(x, h.mean({0, 2, 3}), h.var({0, 2, 3}, /*unbiased=*/false)),
+                              1e-10, 1e-12));
   block->eval();
   x = torch::randn({2, 3, 7, 8}, torch::kDouble);
   EXPECT_TRUE(torch::allclose(

@@ -92,6 +92,14 @@ def test_polynomial_convnet_example_ablates_the_recipe_and_repeats_seeds(tmp_pat
     assert "2 seeds" in results["verdict"]
 
 
+def test_polynomial_convnet_example_refuses_glramsgd_on_the_rank_normed_net(tmp_path):
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "polynomial_convnet_fashion_mnist.py"),
+                           "--optimizers", "glramsgd", "--out", str(tmp_path)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and "--optimizers glramsgd needs --no-rank-norm" in done.stderr
+    assert not os.listdir(tmp_path)  # refused before any training
+
+
 def test_polynomial_convnet_example_compares_optimizers_on_the_polynomial_net(tmp_path):
     out = run_example("polynomial_convnet_fashion_mnist.py", "--train-size", "2048", "--epochs", "1",
                       "--search-epochs", "1", "--lrs", "0.002", "--glramsgd-lrs", "0.01", "--sgd-lrs", "0.01",

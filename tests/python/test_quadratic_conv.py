@@ -287,7 +287,9 @@ def rank_normed_block_reference(block, x):
         + bn.bias.view(-1, 1, 1)
     S = (q.S + q.S.transpose(1, 2)) / 2
     y = torch.einsum("nahw,oab,nbhw->nohw", h, S, h) + q.bias.view(-1, 1, 1) + F.conv2d(x, block.skip.weight)
-    return block.pool(block.norm(y)) if block.norm is not None else y
+    if block.norm is not None:
+        y = block.norm(y)
+    return block.pool(y) if block.pool is not None else y
 
 
 def test_rank_normed_block_matches_the_formula_in_both_modes():
@@ -314,14 +316,13 @@ def test_rank_normed_block_gradcheck():
     torch.manual_seed(0)
     block = PolynomialConvBlock(2, 3, 3, rank=3, padding=1, rank_norm=True, **F64)
     x = torch.randn(3, 2, 5, 5, **F64, requires_grad=True)
-    params = [block.quadratic.weight, block.quadratic.S, block.quadratic.bias, block.rank_norm.weight,
-              block.rank_norm.bias, block.skip.weight]
+    names = [name for name, _ in block.named_parameters()]
+    assert names == ["quadratic.weight", "quadratic.S", "quadratic.bias", "rank_norm.weight", "rank_norm.bias",
+                     "skip.weight"]
 
     def f(x, *values):  # the block as a function of its input and parameters (batch statistics)
-        return torch.func.functional_call(block, dict(zip(PARAM_NAMES, values)), (x,))
-    PARAM_NAMES = ["quadratic.weight", "quadratic.S", "quadratic.bias", "rank_norm.weight", "rank_norm.bias",
-                   "skip.weight"]
-    inputs = (x, *(p.detach().clone().requires_grad_() for p in params))
+        return torch.func.functional_call(block, dict(zip(names, values)), (x,))
+    inputs = (x, *(p.detach().clone().requires_grad_() for p in block.parameters()))
     assert torch.autograd.gradcheck(f, inputs)
     assert torch.autograd.gradgradcheck(f, inputs)
 
