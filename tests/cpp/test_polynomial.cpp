@@ -3,6 +3,8 @@
 
 #include <quadnet/quadnet.h>
 
+#include <cmath>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -80,7 +82,8 @@ TEST(DeepPolynomialNet, NamesDegreeCountAndForward) {
 
 TEST(DeepPolynomialNet, GradientsReachEveryParameter) {
   torch::manual_seed(2);
-  DeepPolynomialNet net(std::vector<int64_t>{6, 4, 4, 2}, std::vector<int64_t>{3, 2, 2});
+  // zero_init_residual off: with it, block 1's W and S get no gradient until its γ moves off zero
+  DeepPolynomialNet net(DeepPolynomialNetOptions({6, 4, 4, 2}, {3, 2, 2}).zero_init_residual(false));
   net->forward(torch::randn({8, 6})).square().sum().backward();
   for (const auto& item : net->named_parameters()) {
     ASSERT_TRUE(item.value().grad().defined()) << item.key();
@@ -101,6 +104,60 @@ TEST(DeepPolynomialNet, GLRAMSGDLowersTheLoss) {
     opt.step();
   }
   EXPECT_LT(loss().item<double>(), 0.7 * initial);
+}
+
+TEST(DeepPolynomialNet, ZeroInitResidualStartsTheResidualBlocksAsTheIdentity) {
+  for (const bool quadratic_norm : {true, false}) {
+    torch::manual_seed(6);
+    DeepPolynomialNet net(DeepPolynomialNetOptions({6, 4, 4, 4, 3}, {2, 2, 2, 2}).quadratic_norm(quadratic_norm));
+    net->to(torch::kFloat64);
+    EXPECT_EQ(net->residual_blocks(), (std::vector<size_t>{1, 2}));
+    EXPECT_TRUE(torch::equal(net[1]->skip->weight, torch::eye(4, torch::kFloat64)));
+    EXPECT_FALSE(torch::equal(net[0]->skip->weight.narrow(0, 0, 3).narrow(1, 0, 3), torch::eye(3, torch::kFloat64)));
+    auto x = torch::randn({32, 6}, torch::kFloat64);
+    for (const bool training : {true, false}) {
+      net->train(training);
+      auto h = net[0]->forward(x);
+      EXPECT_TRUE(torch::equal(net[1]->forward(h), h)) << "quadratic_norm " << quadratic_norm;
+      EXPECT_TRUE(torch::equal(net->forward(x), net[3]->forward(h)));
+    }
+    // the zeroed scale (γ, or S) is what the first gradient reaches
+    net->train();
+    net->forward(x).square().sum().backward();
+    const auto& scale = quadratic_norm ? net[1]->quadratic_norm->weight : net[1]->quadratic->S;
+    EXPECT_GT(scale.grad().abs().max().item<double>(), 0);
+  }
+  torch::manual_seed(6);
+  DeepPolynomialNet plain(DeepPolynomialNetOptions({6, 4, 4, 3}, {2, 2, 2}).zero_init_residual(false));
+  EXPECT_FALSE(torch::equal(plain[1]->skip->weight, torch::eye(4)));
+  EXPECT_TRUE(torch::all(plain[1]->quadratic_norm->weight == 1).item<bool>());
+  std::ostringstream repr;
+  plain->pretty_print(repr);
+  EXPECT_NE(repr.str().find("zero_init_residual=false"), std::string::npos);
+}
+
+TEST(DeepPolynomialNet, ResetParametersReappliesTheZeroInit) {
+  DeepPolynomialNet net(std::vector<int64_t>{6, 4, 4, 3}, std::vector<int64_t>{2, 2, 2});
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& p : net->parameters()) p.add_(1.0);
+  }
+  net->reset_parameters();
+  EXPECT_TRUE(torch::equal(net[1]->skip->weight, torch::eye(4)));
+  EXPECT_TRUE(torch::all(net[1]->quadratic_norm->weight == 0).item<bool>());
+  EXPECT_LT(net[0]->skip->weight.abs().max().item<double>(), 1.0 / std::sqrt(6.0) + 1e-6);
+}
+
+TEST(DeepPolynomialNet, ZeroInitResidualWithANormWithoutScaleIsRefused) {
+  try {
+    DeepPolynomialNet(DeepPolynomialNetOptions({6, 4, 4, 3}, {2, 2, 2}).bias(false));
+    FAIL() << "expected an error";
+  } catch (const c10::ValueError& e) {
+    EXPECT_NE(std::string(e.what()).find("bias=false removes"), std::string::npos) << e.what();
+  }
+  EXPECT_NO_THROW(
+      DeepPolynomialNet(DeepPolynomialNetOptions({6, 4, 4, 3}, {2, 2, 2}).bias(false).zero_init_residual(false)));
+  EXPECT_NO_THROW(DeepPolynomialNet(DeepPolynomialNetOptions({6, 4, 3}, {2, 2}).bias(false)));
 }
 
 TEST(DeepPolynomialNet, BadSizesAreRejected) {

@@ -121,7 +121,7 @@ def test_deep_polynomial_depth_study_runs_and_reports_every_setting(tmp_path):
                       "--threads", "1", "--out", str(tmp_path))
     results = json.load(open(tmp_path / "results.json"))
     runs = results["results"]["digits"]["runs"]
-    assert set(runs) == {"none", "norm", "quadratic_norm (default)", "both"}
+    assert set(runs) == {"none", "norm", "quadratic_norm (default)", "quadratic_norm, no zero init", "both"}
     assert os.path.getsize(tmp_path / "accuracy.png") > 0 and "Verdict" in out
     default = runs["quadratic_norm (default)"]
     assert all(r["accuracy"] is not None and r["accuracy"] > 0.8 for rs in default.values() for r in rs), default

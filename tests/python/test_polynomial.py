@@ -232,6 +232,90 @@ def test_glram_sgd_trains_a_stack_with_norm():
     assert len(opt.last_projections) == 2
 
 
+@pytest.mark.parametrize("options", [{}, {"quadratic_norm": False}, {"norm": True, "quadratic_norm": False}])
+def test_zero_init_residual_starts_the_residual_blocks_as_the_identity(options):
+    """By default each block with a skip and in == out features starts as the identity map, in
+    training and eval mode, so the net starts as its first and last blocks."""
+    torch.manual_seed(0)
+    net = DeepPolynomialNet([6, 4, 4, 4, 3], ranks=2, dtype=torch.float64, **options)
+    assert net.residual_blocks() == [1, 2]
+    x = torch.randn(32, 6, dtype=torch.float64)
+    for mode in (True, False):
+        net.train(mode)
+        h = net[0](x)
+        if net[1].norm is None:
+            torch.testing.assert_close(net[1](h), h, rtol=0, atol=0)
+        torch.testing.assert_close(net(x), net[3](net[2](net[1](h))))
+        if not options:
+            torch.testing.assert_close(net(x), net[3](h), rtol=0, atol=0)
+    for t in (1, 2):
+        torch.testing.assert_close(net[t].skip.weight, torch.eye(4, dtype=torch.float64))
+    for t in (0, 3):  # not residual: the usual init
+        assert not torch.equal(net[t].skip.weight[:3, :3], torch.eye(3, dtype=torch.float64))
+
+
+def test_zero_init_residual_keeps_the_quadratic_term_learnable():
+    """Only the quadratic term's scale starts at zero: one step moves it, and the next gradient
+    reaches W and S (with quadratic_norm: through γ; without: through S)."""
+    for options in ({}, {"quadratic_norm": False}):
+        torch.manual_seed(1)
+        net = DeepPolynomialNet([6, 4, 4, 3], ranks=2, **options)
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+        for _ in range(2):
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+        assert net[1].quadratic.weight.grad.abs().max() > 0
+        assert net[1].quadratic.S.grad.abs().max() > 0
+
+
+def test_zero_init_residual_off_and_reset_parameters():
+    torch.manual_seed(2)
+    plain = DeepPolynomialNet([6, 4, 4, 3], ranks=2, zero_init_residual=False)
+    assert not torch.equal(plain[1].skip.weight, torch.eye(4))
+    assert torch.all(plain[1].quadratic_norm.weight == 1)
+    assert "zero_init_residual=False" in repr(plain)
+    net = DeepPolynomialNet([6, 4, 4, 3], ranks=2)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    net.reset_parameters()  # re-initialises the blocks, then the residual ones as the identity again
+    torch.testing.assert_close(net[1].skip.weight, torch.eye(4))
+    assert torch.all(net[1].quadratic_norm.weight == 0)
+    assert net[0].skip.weight.abs().max() < 1 / 6 ** 0.5 + 1e-6  # back within nn.Linear's init bound
+    meta = DeepPolynomialNet([6, 4, 4, 3], ranks=2, device="meta")  # meta-device init works
+    assert meta[1].skip.weight.is_meta
+
+
+def test_zero_init_residual_with_a_norm_without_scale_is_refused():
+    with pytest.raises(ValueError, match="zero_init_residual=True .* bias=False removes .* zero_init_residual=False"):
+        DeepPolynomialNet([6, 4, 4, 3], ranks=2, bias=False)
+    DeepPolynomialNet([6, 4, 4, 3], ranks=2, bias=False, zero_init_residual=False)
+    DeepPolynomialNet([6, 4, 3], ranks=2, bias=False)  # no residual block: nothing to zero
+    DeepPolynomialNet([6, 4, 4, 3], ranks=2, bias=False, skip=False)  # no skips: no residual block
+
+
+def test_glram_sgd_projects_a_zero_initialised_residual_block():
+    """Without quadratic_norm the residual block starts with S = 0 (canonical A_i = 0); the
+    projected steps move it off zero and the stack still learns."""
+    torch.manual_seed(1)
+    x = torch.randn(256, 10)
+    y = (x[:, :3].square().sum(1) > 3).long() + (x[:, 3] > 0).long()
+    net = DeepPolynomialNet([10, 6, 6, 3], ranks=[4, 3, 3], norm=True, quadratic_norm=False)
+    assert torch.all(net[1].quadratic.S == 0)
+    opt = quadnet.optim.GLRAMSGD(net, lr=0.05, max_iter=3)
+    losses = []
+    for _ in range(60):
+        opt.zero_grad()
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < 0.6 * losses[0]
+    assert net[1].quadratic.S.abs().max() > 0.01
+
+
 @pytest.mark.parametrize("args, message", [
     (([6], [2]), "sizes needs at least 2 entries"),
     (([6, 4, 3], [2]), r"ranks needs len\(sizes\) - 1 = 2 entries, got 1"),

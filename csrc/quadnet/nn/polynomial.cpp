@@ -1,6 +1,8 @@
 #include "polynomial.h"
 
 #include <c10/util/Exception.h>
+#include <torch/nn/init.h>
+#include <torch/utils.h>
 
 #include <string>
 
@@ -77,6 +79,14 @@ void DeepPolynomialNetImpl::reset() {
               sizes.size());
   TORCH_CHECK(ranks.size() == sizes.size() - 1, "DeepPolynomialNet: ranks needs sizes.size() - 1 = ", sizes.size() - 1,
               " entries, got ", ranks.size());
+  if (options.zero_init_residual() && options.skip() && options.quadratic_norm() && !options.bias()) {
+    for (size_t t = 0; t + 1 < sizes.size(); ++t) {
+      TORCH_CHECK_VALUE(sizes[t] != sizes[t + 1],
+                        "DeepPolynomialNet: zero_init_residual=true zeroes the scale of each residual block's "
+                        "quadratic norm, which bias=false removes (sizes ",
+                        torch::IntArrayRef(sizes), "); pass zero_init_residual=false, or bias=true");
+    }
+  }
   blocks.clear();
   for (size_t t = 0; t + 1 < sizes.size(); ++t) {
     auto block_options = PolynomialBlockOptions(sizes[t], sizes[t + 1], ranks[t])
@@ -86,13 +96,45 @@ void DeepPolynomialNetImpl::reset() {
                              .quadratic_norm(options.quadratic_norm());
     blocks.push_back(register_module(std::to_string(t), PolynomialBlock(block_options)));
   }
+  init_residual_blocks();
+}
+
+std::vector<size_t> DeepPolynomialNetImpl::residual_blocks() const {
+  std::vector<size_t> residual;
+  for (size_t t = 0; t < blocks.size(); ++t) {
+    const auto& block_options = blocks[t]->options;
+    if (block_options.skip() && block_options.in_features() == block_options.out_features()) residual.push_back(t);
+  }
+  return residual;
+}
+
+void DeepPolynomialNetImpl::init_residual_blocks() {
+  if (!options.zero_init_residual()) return;
+  torch::NoGradGuard no_grad;
+  for (const auto t : residual_blocks()) {
+    auto& block = blocks[t];
+    torch::nn::init::eye_(block->skip->weight);
+    if (block->quadratic_norm) {
+      torch::nn::init::zeros_(block->quadratic_norm->weight);
+    } else {
+      torch::nn::init::zeros_(block->quadratic->S);
+      if (block->quadratic->bias.defined()) torch::nn::init::zeros_(block->quadratic->bias);
+    }
+  }
+}
+
+void DeepPolynomialNetImpl::reset_parameters() {
+  for (auto& block : blocks) block->reset_parameters();
+  init_residual_blocks();
 }
 
 void DeepPolynomialNetImpl::pretty_print(std::ostream& stream) const {
   stream << "quadnet::nn::DeepPolynomialNet(sizes=" << torch::IntArrayRef(options.sizes())
          << ", ranks=" << torch::IntArrayRef(options.ranks()) << ", skip=" << (options.skip() ? "true" : "false")
          << ", norm=" << (options.norm() ? "true" : "false")
-         << ", quadratic_norm=" << (options.quadratic_norm() ? "true" : "false") << ", degree=" << degree() << ")";
+         << ", quadratic_norm=" << (options.quadratic_norm() ? "true" : "false")
+         << ", zero_init_residual=" << (options.zero_init_residual() ? "true" : "false") << ", degree=" << degree()
+         << ")";
 }
 
 torch::Tensor DeepPolynomialNetImpl::forward(torch::Tensor x) {
