@@ -78,8 +78,9 @@ def test_polynomial_convnet_example_ablates_the_recipe_and_repeats_seeds(tmp_pat
     results = json.load(open(tmp_path / "results.json"))
     ablation = results["ablation"]
     assert list(ablation) == ["plain", "random shift (2 px)", "label smoothing 0.1", "shift + smoothing",
-                              "polynomial without rank_norm"]
-    assert list(ablation["polynomial without rank_norm"]) == ["polynomial"]  # an architecture row: that net only
+                              "polynomial without rank_norm", "polynomial with a linear head (64 channels)"]
+    for row in ("polynomial without rank_norm", "polynomial with a linear head (64 channels)"):
+        assert list(ablation[row]) == ["polynomial"]  # an architecture row: that net only
     for model in ("polynomial", "ReLU CNN"):
         finals = [row[model] for row in ablation.values() if model in row]
         assert all(0 < acc <= 1 for acc in finals) and len(set(finals)) > 1, model  # each recipe trains differently
