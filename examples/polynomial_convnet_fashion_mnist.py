@@ -23,7 +23,8 @@ quadnet's GLRAMSGD (tangent step, momentum 0.9; its quadratic convolutions proje
 patch space, the head's quadratic layer in its input space) and with SGD of the same momentum,
 each with its own lr search (--glramsgd-lrs, --sgd-lrs) and the same one-cycle schedule;
 ``--models polynomial`` skips the ReLU CNN; GLRAMSGD needs ``--no-rank-norm`` (it refuses
-rank-normed blocks, which have no canonical space). A single lr given for an optimizer is used
+rank-normed blocks, which have no canonical space); ``--linear-head`` trains the earlier net
+(64 channels into a linear head) instead. A single lr given for an optimizer is used
 without a search. Training recipe, the same for every run:
 ``--shift k`` translates each training image by up to k pixels (random-shift augmentation),
 ``--label-smoothing`` smooths the cross-entropy. ``--seeds N`` repeats each final run with N seeds
@@ -237,7 +238,7 @@ def run_ablation(args, makers, data, test, pixels):
                      **options)[1]["accuracy"][-1]
     table = {recipe: {model: final(makers[model], f"{model}, {recipe}", **options) for model in args.models}
              for recipe, options in ABLATION.items()}
-    if "polynomial" in args.models and not args.no_rank_norm:
+    if "polynomial" in args.models and not args.no_rank_norm and not args.linear_head:  # variants of the default
         for variant, options in ARCHITECTURE_ABLATION.items():
             make = lambda options=options: torch.nn.Sequential(pixels, polynomial_net(**options))  # noqa: E731
             table[f"polynomial {variant}"] = {"polynomial": final(make, f"polynomial {variant}")}
@@ -268,6 +269,8 @@ def main():
     parser.add_argument("--ablation-lr", type=float, default=3e-3)
     parser.add_argument("--no-rank-norm", action="store_true",
                         help="the polynomial net without rank norms (the one GLRAMSGD can train)")
+    parser.add_argument("--linear-head", action="store_true",
+                        help="the polynomial net of before the quadratic head: 64 channels into a linear head")
     parser.add_argument("--train-size", type=int, default=55000, help="training images (the first N of the split)")
     parser.add_argument("--no-export", action="store_true", help="skip the AOTInductor export and the C++ check")
     parser.add_argument("--out", default="results/polynomial_convnet_fmnist")
@@ -282,9 +285,10 @@ def main():
     xtr, ytr, xval, yval = x[:-5000][:args.train_size], y[:-5000][:args.train_size], x[-5000:], y[-5000:]
     pixels = Pixels(float(xtr.mean()), float(xtr.std()))
     torch.manual_seed(0)
-    poly_params = trainable(polynomial_net(rank_norm))
+    quadratic_head = not args.linear_head
+    poly_params = trainable(polynomial_net(rank_norm, quadratic_head))
     channels = matching_relu_channels(poly_params)
-    makers = {"polynomial": lambda: torch.nn.Sequential(pixels, polynomial_net(rank_norm)),
+    makers = {"polynomial": lambda: torch.nn.Sequential(pixels, polynomial_net(rank_norm, quadratic_head)),
               "ReLU CNN": lambda: torch.nn.Sequential(pixels, relu_net(channels))}
     search_lrs = {"adam": args.lrs, "glramsgd": args.glramsgd_lrs, "sgd": args.sgd_lrs}
     # (run name, model, optimizer): the polynomial net with each optimizer asked for, the ReLU CNN with Adam.
@@ -333,6 +337,7 @@ def main():
     verdict = "; ".join(verdicts(runs, args.epochs))
     summary = {"epochs": args.epochs, "search_epochs": args.search_epochs, "lrs": search_lrs, "batch": args.batch,
                "shift": args.shift, "label_smoothing": args.label_smoothing, "rank_norm": rank_norm,
+               "quadratic_head": quadratic_head,
                "train_size": len(xtr), "runs": runs,
                "seeds": args.seeds, "ablation": ablation, "cpp_check": cpp, "verdict": verdict,
                "total_seconds": time.time() - start}

@@ -72,6 +72,22 @@ def test_polynomial_convnet_example_runs_exports_and_classifies_in_cpp(tmp_path,
     assert cpp["identical_predictions"] == 10000
 
 
+def test_polynomial_convnet_example_builds_the_quadratic_head_or_the_linear_one(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    from polynomial_convnet_fashion_mnist import polynomial_net
+
+    import quadnet
+    net = polynomial_net()
+    assert isinstance(net[-1], quadnet.nn.PolynomialBlock) and net[-1].in_features == 24 * 7 * 7
+    assert isinstance(polynomial_net(quadratic_head=False)[-1], torch.nn.Linear)
+    run_example("polynomial_convnet_fashion_mnist.py", "--linear-head", "--models", "polynomial", "--train-size", "512",
+                "--epochs", "1", "--lrs", "0.003", "--no-export", "--out", str(tmp_path))
+    results = json.load(open(tmp_path / "results.json"))
+    assert results["quadratic_head"] is False
+    assert results["runs"]["polynomial"]["parameters"] == sum(
+        p.numel() for p in polynomial_net(quadratic_head=False).parameters())
+
+
 def test_polynomial_convnet_example_ablates_the_recipe_and_repeats_seeds(tmp_path):
     out = run_example("polynomial_convnet_fashion_mnist.py", "--train-size", "1024", "--epochs", "1", "--lrs", "0.003",
                       "--seeds", "2", "--ablation", "--no-export", "--out", str(tmp_path))
