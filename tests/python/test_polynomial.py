@@ -215,19 +215,27 @@ def test_usable_inside_larger_models_and_scripted():
     torch.testing.assert_close(torch.jit.script(model)(x), model(x), rtol=0, atol=0)
 
 
-def test_glram_sgd_trains_a_stack_with_norm():
+def _train_with_glram_sgd(net, steps=60):
+    """Losses of ``steps`` GLRAMSGD steps (lr 0.05) on a fixed 3-class problem in 10 inputs, and
+    the optimizer."""
     torch.manual_seed(1)
     x = torch.randn(256, 10)
     y = (x[:, :3].square().sum(1) > 3).long() + (x[:, 3] > 0).long()
-    net = DeepPolynomialNet([10, 6, 3], ranks=[4, 3], norm=True)
     opt = quadnet.optim.GLRAMSGD(net, lr=0.05, max_iter=3)
     losses = []
-    for _ in range(60):
+    for _ in range(steps):
         opt.zero_grad()
         loss = F.cross_entropy(net(x), y)
         loss.backward()
         opt.step()
         losses.append(loss.item())
+    return losses, opt
+
+
+def test_glram_sgd_trains_a_stack_with_norm():
+    torch.manual_seed(1)
+    net = DeepPolynomialNet([10, 6, 3], ranks=[4, 3], norm=True)
+    losses, opt = _train_with_glram_sgd(net)
     assert losses[-1] < 0.6 * losses[0]
     assert len(opt.last_projections) == 2
 
@@ -300,18 +308,9 @@ def test_glram_sgd_projects_a_zero_initialised_residual_block():
     """Without quadratic_norm the residual block starts with S = 0 (canonical A_i = 0); the
     projected steps move it off zero and the stack still learns."""
     torch.manual_seed(1)
-    x = torch.randn(256, 10)
-    y = (x[:, :3].square().sum(1) > 3).long() + (x[:, 3] > 0).long()
     net = DeepPolynomialNet([10, 6, 6, 3], ranks=[4, 3, 3], norm=True, quadratic_norm=False)
     assert torch.all(net[1].quadratic.S == 0)
-    opt = quadnet.optim.GLRAMSGD(net, lr=0.05, max_iter=3)
-    losses = []
-    for _ in range(60):
-        opt.zero_grad()
-        loss = F.cross_entropy(net(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    losses, _ = _train_with_glram_sgd(net)
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < 0.6 * losses[0]
     assert net[1].quadratic.S.abs().max() > 0.01
 
