@@ -133,6 +133,23 @@ def test_polynomial_convnet_example_compares_optimizers_on_the_polynomial_net(tm
     assert "GLRAMSGD" in out.split("verdict:")[-1]
 
 
+def test_deep_polynomial_depth_summarises_seeds_and_the_depth_gain():
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    from deep_polynomial_depth import cell, depth_gain
+
+    def runs(*accuracies):
+        return [{"seed": i, "accuracy": a, "nan_at_step": None if a is not None else 7}
+                for i, a in enumerate(accuracies)]
+    two = torch.tensor([0.90, 0.80, 0.75], dtype=torch.float64)
+    four = torch.tensor([0.95, 0.91, 0.80], dtype=torch.float64)
+    assert cell(runs(*two.tolist())) == f"{two.mean():.3f} ± {two.std():.3f}"  # std over seeds (n - 1)
+    assert cell(runs(0.9, None)) == "0.900 / NaN@7" and cell(runs(0.9, None, 0.8)) == "NaN in 1 of 3"
+    gain, spread = depth_gain(runs(*two.tolist()), runs(*four.tolist()))
+    assert abs(gain - float(four.mean() - two.mean())) < 1e-12
+    assert abs(spread - float((two.var() / 3 + four.var() / 3).sqrt())) < 1e-12
+    assert depth_gain(runs(0.9), runs(0.8))[1] is None  # one seed: no spread
+
+
 def test_deep_polynomial_depth_study_runs_and_reports_every_setting(tmp_path):
     out = run_example("deep_polynomial_depth.py", "--steps", "300", "--seeds", "1", "--fmnist-epochs", "0",
                       "--threads", "1", "--out", str(tmp_path))
