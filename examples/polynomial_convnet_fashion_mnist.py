@@ -27,10 +27,11 @@ rank-normed blocks, which have no canonical space); ``--linear-head`` trains the
 (64 channels into a linear head) instead. A single lr given for an optimizer is used
 without a search. Training recipe, the same for every run:
 ``--shift k`` translates each training image by up to k pixels (random-shift augmentation),
-``--label-smoothing`` smooths the cross-entropy. ``--seeds N`` repeats each final run with N seeds
+``--label-smoothing`` smooths the cross-entropy, ``--weight-decay`` decays the weights (decoupled,
+AdamW, for Adam; an L2 term for SGD and GLRAMSGD). ``--seeds N`` repeats each final run with N seeds
 (init, batch order, shifts; the lr searched with seed 0) and reports mean ± standard deviation;
 ``--ablation`` first trains each model with each recipe of ABLATION (plain, random shift, label
-smoothing, both; Adam at --ablation-lr, seed 0), and the polynomial net without its rank norms
+smoothing, both, weight decay; Adam at --ablation-lr, seed 0), and the polynomial net without its rank norms
 and with the linear head of the earlier net (ARCHITECTURE_ABLATION, plain recipe), and prints
 the table of their effects. The goal
 the verdict checks: the polynomial net at least TARGET_ACCURACY and at least the ReLU CNN's
@@ -66,7 +67,8 @@ TARGET_ACCURACY = 0.925  # the goal: at least this, and at least the ReLU CNN's 
 ABLATION = {"plain": {"shift": 0, "label_smoothing": 0.0},
             "random shift (2 px)": {"shift": 2, "label_smoothing": 0.0},
             "label smoothing 0.1": {"shift": 0, "label_smoothing": 0.1},
-            "shift + smoothing": {"shift": 2, "label_smoothing": 0.1}}
+            "shift + smoothing": {"shift": 2, "label_smoothing": 0.1},
+            "weight decay 0.1": {"shift": 0, "label_smoothing": 0.0, "weight_decay": 0.1}}
 # --ablation: the polynomial net's architecture ingredients, each left out (plain recipe, same lr)
 ARCHITECTURE_ABLATION = {"without rank_norm": {"rank_norm": False},
                          "with a linear head (64 channels)": {"quadratic_head": False}}
@@ -110,10 +112,12 @@ def accuracy(model, x, y):
 
 
 MOMENTUM = 0.9
+# weight decay: decoupled for Adam (AdamW), an L2 term for GLRAMSGD (on the canonical matrices) and SGD
 OPTIMIZERS = {
-    "adam": lambda model, lr: torch.optim.Adam(model.parameters(), lr=lr),
-    "glramsgd": lambda model, lr: quadnet.optim.GLRAMSGD(model, lr=lr, momentum=MOMENTUM),
-    "sgd": lambda model, lr: torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM),
+    "adam": lambda model, lr, wd: torch.optim.Adam(model.parameters(), lr=lr, weight_decay=wd,
+                                                   decoupled_weight_decay=True),
+    "glramsgd": lambda model, lr, wd: quadnet.optim.GLRAMSGD(model, lr=lr, momentum=MOMENTUM, weight_decay=wd),
+    "sgd": lambda model, lr, wd: torch.optim.SGD(model.parameters(), lr=lr, momentum=MOMENTUM, weight_decay=wd),
 }
 OPTIMIZER_LABELS = {"adam": "Adam", "glramsgd": "GLRAMSGD", "sgd": "SGD"}
 
@@ -129,15 +133,16 @@ def random_shift(x, max_shift, generator):
     return padded[torch.arange(B)[:, None, None], rows, cols].reshape(B, 784)
 
 
-def train(make, lr, epochs, data, batch, label, eval_set, optimizer="adam", shift=0, label_smoothing=0.0, seed=0):
-    """``optimizer`` (a key of OPTIMIZERS) + one-cycle, on batches randomly shifted by up to ``shift``
-    pixels, with cross-entropy smoothed by ``label_smoothing``; ``seed`` draws the init, the batch
+def train(make, lr, epochs, data, batch, label, eval_set, optimizer="adam", shift=0, label_smoothing=0.0, seed=0,
+          weight_decay=0.0):
+    """``optimizer`` (a key of OPTIMIZERS, with ``weight_decay``) + one-cycle, on batches randomly shifted
+    by up to ``shift`` pixels, with cross-entropy smoothed by ``label_smoothing``; ``seed`` draws the init, the batch
     order and the shifts (the same for every model). Returns (model, history of (epoch, seconds,
     loss, accuracy on eval_set))."""
     xtr, ytr = data
     torch.manual_seed(seed)
     model = make()
-    opt = OPTIMIZERS[optimizer](model, lr)
+    opt = OPTIMIZERS[optimizer](model, lr, weight_decay)
     steps = len(xtr) // batch
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps)
     order = torch.Generator().manual_seed(1 + 10 * seed)
@@ -263,6 +268,8 @@ def main():
     parser.add_argument("--shift", type=int, default=0,
                         help="random-shift augmentation: translate each training image by up to this many pixels")
     parser.add_argument("--label-smoothing", type=float, default=0.0)
+    parser.add_argument("--weight-decay", type=float, default=0.0,
+                        help="decoupled for Adam (AdamW); L2 for GLRAMSGD and SGD")
     parser.add_argument("--seeds", type=int, default=1, help="seeds of the final runs (mean and spread reported)")
     parser.add_argument("--ablation", action="store_true",
                         help="first train each model with each recipe of ABLATION (Adam, --ablation-lr, seed 0)")
@@ -305,14 +312,15 @@ def main():
         search = {}
         for lr in search_lrs[optimizer] if len(search_lrs[optimizer]) > 1 else []:  # one lr: nothing to pick
             _, h = train(make, lr, args.search_epochs, (xtr, ytr), args.batch, f"{name} lr {lr:g} (search)",
-                         (xval, yval), optimizer, args.shift, args.label_smoothing)
+                         (xval, yval), optimizer, args.shift, args.label_smoothing, weight_decay=args.weight_decay)
             search[lr] = h["accuracy"][-1]
         lr = max(search, key=search.get) if search else search_lrs[optimizer][0]
         print(f"{name}: validation accuracy after {args.search_epochs} epochs "
               + ", ".join(f"lr {k:g} {v:.4f}" for k, v in search.items()) + f" -> lr {lr:g}")
         # every seed: the same lr and recipe, its own init, batch order and shifts; seed 0's run is the one kept
         trained = [train(make, lr, args.epochs, (xtr, ytr), args.batch, f"{name} seed {seed}" if seed else name,
-                         (xte, yte), optimizer, args.shift, args.label_smoothing, seed) for seed in range(args.seeds)]
+                         (xte, yte), optimizer, args.shift, args.label_smoothing, seed, args.weight_decay)
+                   for seed in range(args.seeds)]
         model, h = trained[0]
         finals = [history["accuracy"][-1] for _, history in trained]
         reached = [t for t, a in zip(h["seconds"], h["accuracy"]) if a >= TARGET_ACCURACY]
@@ -336,7 +344,8 @@ def main():
     plot(runs, os.path.join(args.out, "curves.png"))
     verdict = "; ".join(verdicts(runs, args.epochs))
     summary = {"epochs": args.epochs, "search_epochs": args.search_epochs, "lrs": search_lrs, "batch": args.batch,
-               "shift": args.shift, "label_smoothing": args.label_smoothing, "rank_norm": rank_norm,
+               "shift": args.shift, "label_smoothing": args.label_smoothing, "weight_decay": args.weight_decay,
+               "rank_norm": rank_norm,
                "quadratic_head": quadratic_head,
                "train_size": len(xtr), "runs": runs,
                "seeds": args.seeds, "ablation": ablation, "cpp_check": cpp, "verdict": verdict,

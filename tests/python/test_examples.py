@@ -90,11 +90,13 @@ def test_polynomial_convnet_example_builds_the_quadratic_head_or_the_linear_one(
 
 def test_polynomial_convnet_example_ablates_the_recipe_and_repeats_seeds(tmp_path):
     out = run_example("polynomial_convnet_fashion_mnist.py", "--train-size", "1024", "--epochs", "1", "--lrs", "0.003",
-                      "--seeds", "2", "--ablation", "--no-export", "--out", str(tmp_path))
+                      "--seeds", "2", "--ablation", "--weight-decay", "0.05", "--no-export", "--out", str(tmp_path))
     results = json.load(open(tmp_path / "results.json"))
+    assert results["weight_decay"] == 0.05
     ablation = results["ablation"]
     assert list(ablation) == ["plain", "random shift (2 px)", "label smoothing 0.1", "shift + smoothing",
-                              "polynomial without rank_norm", "polynomial with a linear head (64 channels)"]
+                              "weight decay 0.1", "polynomial without rank_norm",
+                              "polynomial with a linear head (64 channels)"]
     for row in ("polynomial without rank_norm", "polynomial with a linear head (64 channels)"):
         assert list(ablation[row]) == ["polynomial"]  # an architecture row: that net only
     for model in ("polynomial", "ReLU CNN"):
@@ -107,6 +109,27 @@ def test_polynomial_convnet_example_ablates_the_recipe_and_repeats_seeds(tmp_pat
         assert a == run["final_test_accuracy"] and a != b, name
         assert abs(seeds["mean"] - (a + b) / 2) < 1e-12 and abs(seeds["std"] - abs(a - b) / 2 ** 0.5) < 1e-12, name
     assert "2 seeds" in results["verdict"]
+
+
+def test_polynomial_convnet_example_decays_weights_decoupled_for_adam_and_as_l2_for_the_sgds():
+    sys.path.insert(0, os.path.join(ROOT, "examples"))
+    from polynomial_convnet_fashion_mnist import OPTIMIZERS
+
+    lr, wd = 0.01, 0.1
+    for name in ("adam", "sgd", "glramsgd"):  # GLRAMSGD steps a plain Linear as SGD does
+        model = torch.nn.Linear(3, 2)
+        before = [p.detach().clone() for p in model.parameters()]
+        opt = OPTIMIZERS[name](model, lr, wd)
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)  # no loss gradient: only the decay moves the weights
+        opt.step()
+        for p, p0 in zip(model.parameters(), before):  # both: p ← (1 − lr·wd) p on the first step
+            assert torch.allclose(p, (1 - lr * wd) * p0, rtol=0, atol=1e-7), name
+    model = torch.nn.Linear(3, 2)
+    model.weight.grad, model.bias.grad = torch.ones(2, 3), torch.ones(2)
+    adam = OPTIMIZERS["adam"](model, lr, wd)  # decoupled: the decay does not enter Adam's moments
+    adam.step()
+    assert torch.allclose(adam.state[model.weight]["exp_avg"], 0.1 * torch.ones(2, 3))
 
 
 def test_polynomial_convnet_example_refuses_glramsgd_on_the_rank_normed_net(tmp_path):
